@@ -1,0 +1,83 @@
+"""Loss functions shared by every method (per-image, then averaged over the batch).
+
+- `bce_loss`, `dice_loss`: plain pixel losses.
+- `structure_loss`: the pixel-position-aware loss of F3Net (Wei et al., AAAI 2020), the
+  paper's Eq. 1: weights w = 1 + 5 |avgpool_31(y) - y|; weighted BCE + weighted IoU.
+  `bce_weighting="weighted"` follows Eq. 1; `"released"` reproduces F3Net's released code,
+  whose BCE call passes the legacy `reduce='none'` and so returns the plain mean BCE.
+- `mask_loss`: the named terms of a mask loss chosen by a method option.
+- `perception_loss`: the paper's Eq. 2, 1 - TN / (TN + FP) for the auxiliary
+  background branch, with soft counts over the pixels inside the boxes (y^w = 0).
+
+Every loss accepts an optional per-image `weight` (B,) so methods can mask or re-weight
+images (e.g. strong-only terms inside a mixed batch) without reshaping batches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def _reduce(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-image losses, optionally weighted; zero (with a gradient path) when all weights are 0."""
+    if weight is None:
+        return per_image.mean()
+    weight = weight.to(per_image.dtype)
+    return (per_image * weight).sum() / weight.sum().clamp_min(EPS)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    return _reduce(per_image, weight)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    per_image = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+    return _reduce(per_image, weight)
+
+
+def structure_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                   bce_weighting: str = "weighted", kernel: int = 31, edge_gain: float = 5.0) -> torch.Tensor:
+    if bce_weighting not in ("weighted", "released"):
+        raise ValueError(f"bce_weighting must be 'weighted' or 'released', got {bce_weighting!r}")
+    pixel_weight = 1 + edge_gain * torch.abs(F.avg_pool2d(target, kernel, stride=1, padding=kernel // 2) - target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if bce_weighting == "weighted":
+        wbce = (pixel_weight * bce).sum((2, 3)) / pixel_weight.sum((2, 3))
+    else:
+        wbce = bce.mean((2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * target * pixel_weight).sum((2, 3))
+    union = ((prob + target) * pixel_weight).sum((2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return _reduce((wbce + wiou).flatten(), weight)
+
+
+def perception_loss(aux_logits: torch.Tensor, reversed_box: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - TN/(TN+FP) where positive = definite background (y^w = 1), counted inside the boxes (y^w = 0).
+
+    An image whose box covers nothing (no uncertain pixels) contributes 0.
+    """
+    prob_background = torch.sigmoid(aux_logits)
+    uncertain = 1 - reversed_box
+    true_negative = ((1 - prob_background) * uncertain).sum((1, 2, 3))
+    per_image = 1 - true_negative / (uncertain.sum((1, 2, 3)) + EPS)
+    per_image = torch.where(uncertain.sum((1, 2, 3)) > 0, per_image, torch.zeros_like(per_image))
+    return _reduce(per_image, weight)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "structure", bce_weighting: str = "weighted",
+              weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The named terms of a mask-supervised loss, chosen by a method option (`loss`)."""
+    if kind == "structure":
+        return {"structure": structure_loss(logits, target, weight, bce_weighting=bce_weighting)}
+    if kind == "bce_dice":
+        return {"bce": bce_loss(logits, target, weight), "dice": dice_loss(logits, target, weight)}
+    if kind == "bce":
+        return {"bce": bce_loss(logits, target, weight)}
+    raise ValueError(f"loss must be one of structure, bce_dice, bce; got {kind!r}")

@@ -1,0 +1,72 @@
+"""DVC stage `prepare`: turn the configured data source into the compact prepared format.
+
+    python -m benchmark.prepare [--params params.yaml]
+
+`data.source: synthetic` (the default) renders the two synthetic domains;
+`data.source: real` reads CBIS-DDSM and INbreast from the roots in `data.real`.
+Either way the output is `data/prepared/` (see benchmark.data) plus a preview figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmark.config import ConfigError, load_params
+from benchmark.data import DomainArrays, load_prepared, write_prepared
+from benchmark.figures import data_preview
+from benchmark.synthetic import generate_domain
+
+PREPARED_DIR = Path("data/prepared")
+PREVIEW_PATH = Path("reports/figures/data_preview.png")
+
+
+def synthetic_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]:
+    synthetic = data_params["synthetic"]
+    size = int(data_params["image_size"])
+    counts = {"cbis": int(synthetic["n_cbis"]), "inbreast": int(synthetic["n_inbreast"])}
+    domains = {}
+    for domain, count in tqdm(counts.items(), desc="rendering synthetic domains", unit="domain"):
+        domains[domain] = generate_domain(domain, count, size, int(synthetic["seed"]), synthetic)
+    return domains, {"source": "synthetic", "generator": synthetic}
+
+
+def real_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]:
+    from benchmark.real import load_real_domains  # imported lazily: pydicom/OpenCV only matter for real data
+
+    domains, report = load_real_domains(data_params)
+    return domains, {"source": "real", **report}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default=str(PREPARED_DIR))
+    parser.add_argument("--preview", default=str(PREVIEW_PATH))
+    args = parser.parse_args(argv)
+
+    data_params = load_params(args.params)["data"]
+    source = data_params.get("source", "synthetic")
+    builders = {"synthetic": synthetic_domains, "real": real_domains}
+    if source not in builders:
+        raise ConfigError(f"params.yaml: data.source must be one of {sorted(builders)}, got {source!r}.")
+    start = time.perf_counter()
+    domains, report = builders[source](data_params)
+    split = data_params.get("split", "random")
+    if split not in ("random", "official"):
+        raise ConfigError(f"params.yaml: data.split must be 'random' or 'official', got {split!r}.")
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    manifest = write_prepared(
+        args.out, domains, split_seed=int(data_params["split_seed"]), test_fraction=float(data_params["test_fraction"]),
+        box_margin=int(data_params.get("box_margin", 0)), official_split=(split == "official"), report=report,
+    )
+    data_preview(load_prepared(args.out), args.preview, seed=int(data_params["split_seed"]))
+    counts = manifest.groupby(["domain", "split"]).size().to_dict()
+    print(json.dumps({f"{d}/{s}": int(n) for (d, s), n in counts.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny synthetic configuration and prepared dataset."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.prepare import synthetic_domains
+from benchmark.data import load_prepared, write_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> dict:
+    """params.yaml with a tiny dataset and a one-epoch schedule (the real defaults otherwise)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["data"]["image_size"] = image_size
+    params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast)
+    params["model"]["decoder_channels"] = [16, 16, 8, 8, 8]
+    params["train"].update(epochs=1, batch_size=4)
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> tuple[dict, Path]:
+    params = tiny_params()
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    domains, report = synthetic_domains(params["data"])
+    write_prepared(out, domains, split_seed=params["data"]["split_seed"],
+                   test_fraction=params["data"]["test_fraction"], report=report)
+    return params, out
+
+
+@pytest.fixture()
+def tiny_data(tiny_prepared):
+    return load_prepared(tiny_prepared[1])
