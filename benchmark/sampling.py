@@ -55,6 +55,15 @@ class TrainingSet:
         self.images, self.masks, self.boxes = to_device(images), to_device(masks), to_device(boxes)
         self.is_strong = torch.as_tensor(is_strong, dtype=torch.bool)
         self.device, self.hflip, self.vflip = device, hflip, vflip
+        self.layers: dict[str, torch.Tensor] = {}
+
+    def register_layer(self, name: str, values: np.ndarray | torch.Tensor) -> None:
+        """Add a per-image layer (N, H, W), e.g. a box-derived target; batches carry it in `extra[name]`."""
+        values = torch.as_tensor(values)
+        if values.shape != self.images.shape[:1] + self.images.shape[2:]:
+            raise ValueError(f"layer {name!r} has shape {tuple(values.shape)}, expected "
+                             f"{tuple(self.images.shape[:1] + self.images.shape[2:])}")
+        self.layers[name] = values[:, None].to(self.device)
 
     def __len__(self) -> int:
         return len(self.is_strong)
@@ -63,14 +72,18 @@ class TrainingSet:
         """Gather `positions` (CPU long) and apply per-sample flips (B, 2) bool: [horizontal, vertical]."""
         index = positions.to(self.device)
         is_strong = self.is_strong[positions].to(self.device)
-        images, masks, boxes = (tensor.index_select(0, index) for tensor in (self.images, self.masks, self.boxes))
-        stacked = torch.cat([images, masks, boxes], dim=1)
         flips = flips.to(self.device)
-        stacked = torch.where(flips[:, 0, None, None, None], stacked.flip(-1), stacked)
-        stacked = torch.where(flips[:, 1, None, None, None], stacked.flip(-2), stacked)
-        images, masks, boxes = stacked[:, 0:1], stacked[:, 1:2].float(), stacked[:, 2:3].float()
-        masks = masks * is_strong[:, None, None, None]  # a weak image's mask is never a label
-        return Batch(images=normalise(images), masks=masks, boxes=boxes, is_strong=is_strong, indices=index)
+
+        def gather_and_flip(tensor: torch.Tensor) -> torch.Tensor:
+            tensor = tensor.index_select(0, index)
+            tensor = torch.where(flips[:, 0, None, None, None], tensor.flip(-1), tensor)
+            return torch.where(flips[:, 1, None, None, None], tensor.flip(-2), tensor)
+
+        images, masks, boxes = (gather_and_flip(t) for t in (self.images, self.masks, self.boxes))
+        masks = masks.float() * is_strong[:, None, None, None]  # a weak image's mask is never a label
+        extra = {name: gather_and_flip(layer).float() for name, layer in self.layers.items()}
+        return Batch(images=normalise(images), masks=masks, boxes=boxes.float(), is_strong=is_strong, indices=index,
+                     extra=extra)
 
 
 class BatchSampler:

@@ -27,7 +27,7 @@ from benchmark.config import ConfigError, RunSpec, load_params, run_spec
 from benchmark.data import PreparedData, load_prepared
 from benchmark.runtime import configure_threads, hardware_description, pick_device, seed_everything
 from benchmark.sampling import BatchSampler, TrainingSet
-from methods import SegmentationMethod, get_method
+from methods import SegmentationMethod, TrainContext, get_method
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,9 +88,16 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
                            method.uses_weak, seed=spec.seed)
     epochs = int(train_params["epochs"])
     n_steps = steps_per_epoch(train_params["steps_per_epoch"], len(training_set), sampler.n_used, batch_size)
+
+    method.on_train_start(TrainContext(
+        training_set=training_set,
+        make_sampler=lambda strong, weak, seed: BatchSampler(training_set, batch_size, float(train_params["strong_share"]),
+                                                             strong, weak, seed),
+        train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=spec.seed,
+    ))
+    # created after the hook, so parameters a method froze there are not optimised
     optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],
                                float(train_params["lr"]))
-
     log_rows = []
     progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name}", unit="step", disable=not show_progress)
     method.train()
@@ -110,6 +117,7 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            method.after_optimizer_step(epoch * n_steps + step)
             for name, value in {**terms, "total": total}.items():
                 sums[name] += float(value.detach())
             progress.update(1)

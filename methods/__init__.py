@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from methods.base import Batch, SegmentationMethod
+from methods.base import Batch, SegmentationMethod, TrainContext
 
-__all__ = ["Batch", "SegmentationMethod", "register", "get_method", "available_methods"]
+__all__ = ["Batch", "SegmentationMethod", "TrainContext", "register", "get_method", "available_methods"]
 
 _REGISTRY: dict[str, type[SegmentationMethod]] = {}
 _NOT_METHODS = {"base"}

@@ -7,11 +7,14 @@ logits in `predict`. Optional hooks let a method run extra stages inside its own
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # only for type hints: methods never import the trainer
+    from benchmark.sampling import BatchSampler, TrainingSet
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Batch:
     boxes:     (B, 1, H, W) float {0, 1}: filled boxes (the weak label); 1 - boxes is the paper's y^w
     is_strong: (B,) bool: which images carry a mask label
     indices:   (B,) long: positions in the training set, stable across steps (for per-image state)
+    extra:     name -> (B, 1, H, W) float: per-image layers a method registered on the training set
+               (e.g. a box-derived target), gathered and flipped with the batch
     """
 
     images: torch.Tensor
@@ -30,6 +35,30 @@ class Batch:
     boxes: torch.Tensor
     is_strong: torch.Tensor
     indices: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainContext:
+    """What a method may use before training starts (`on_train_start`): the data and the protocol.
+
+    training_set: every training image of the run on the device (`.images`, `.masks`, `.boxes`
+                  uint8 (N, 1, H, W), `.is_strong` (N,) bool); `register_layer` adds a per-image layer
+    make_sampler: (uses_strong, uses_weak, seed) -> a BatchSampler over the same set, for extra stages
+    train_params: params.yaml `train`; total_steps / steps_per_epoch / epochs: the run's schedule
+    """
+
+    training_set: "TrainingSet"
+    make_sampler: Callable[[bool, bool, int], "BatchSampler"]
+    train_params: dict[str, Any]
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    seed: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 class SegmentationMethod(nn.Module):
@@ -65,6 +94,12 @@ class SegmentationMethod(nn.Module):
         """Segmentation logits (B, 1, H, W) for normalised images (B, 1, H, W)."""
         raise NotImplementedError
 
-    # Optional hooks -----------------------------------------------------------------------------
+    # Optional hooks: a method's extra stages stay inside its run ------------------------------
+    def on_train_start(self, context: TrainContext) -> None:
+        """Called once before the first step, e.g. to train an ancillary model or register targets."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after every optimiser step (0-based global `step`), e.g. for an EMA update."""
+
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         """Called after each epoch (0-based `epoch`), e.g. to decay a mixing weight."""
