@@ -1,4 +1,7 @@
-"""Network factory shared by the methods: the segmentation-models-pytorch U-Net and its weights.
+"""Network factory shared by the methods: the segmentation-models-pytorch U-Net, its parts, its weights.
+
+- `build_unet`: one U-Net (encoder, decoder, 1-logit head).
+- `build_encoder` + `UnetBranch`: a shared encoder read by several U-Net decoders (dual-branch methods).
 
 `encoder_weights` is `null` (random init), `imagenet` (downloaded by
 segmentation-models-pytorch) or a path to a local encoder state dict (a torchvision /
@@ -9,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from typing import Callable, Sequence
+
 import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.base import initialization as smp_init
+from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
+from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
 IN_CHANNELS = 1  # mammograms are single-channel
@@ -38,18 +47,13 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
                                       f"unexpected {unexpected[:5]}).")
 
 
-def build_unet(model_params: dict[str, Any]) -> smp.Unet:
-    """A U-Net as configured in params.yaml `model` (1 input channel, 1 output logit)."""
+def _with_weights(factory: Callable[[str | None], nn.Module], model_params: dict[str, Any],
+                  encoder_of: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Build with `factory(weights)`, turning download failures and local weight files into clear outcomes."""
     weights = model_params.get("encoder_weights")
     local = weights not in (None, "imagenet")
-    kwargs = dict(
-        encoder_name=model_params["encoder"],
-        decoder_channels=tuple(model_params["decoder_channels"]),
-        in_channels=IN_CHANNELS,
-        classes=1,
-    )
     try:
-        network = smp.Unet(encoder_weights=None if local else weights, **kwargs)
+        module = factory(None if local else weights)
     except Exception as error:  # smp raises URLError/HTTPError/OSError variants when offline
         if weights != "imagenet":
             raise
@@ -59,5 +63,36 @@ def build_unet(model_params: dict[str, Any]) -> smp.Unet:
             "model.encoder_weights to the local .pth path, or set it to null to train from random weights."
         ) from error
     if local:
-        _load_local_encoder_weights(network.encoder, Path(weights))
-    return network
+        _load_local_encoder_weights(encoder_of(module), Path(weights))
+    return module
+
+
+def build_unet(model_params: dict[str, Any]) -> smp.Unet:
+    """A U-Net as configured in params.yaml `model` (1 input channel, 1 output logit)."""
+    return _with_weights(
+        lambda weights: smp.Unet(encoder_name=model_params["encoder"], encoder_weights=weights,
+                                 decoder_channels=tuple(model_params["decoder_channels"]),
+                                 in_channels=IN_CHANNELS, classes=1),
+        model_params, encoder_of=lambda unet: unet.encoder)
+
+
+def build_encoder(model_params: dict[str, Any]) -> nn.Module:
+    """The configured encoder alone; `encoder.out_channels` lists its feature channels (stride 1 ... 32)."""
+    return _with_weights(
+        lambda weights: get_encoder(model_params["encoder"], in_channels=IN_CHANNELS, depth=5, weights=weights),
+        model_params, encoder_of=lambda encoder: encoder)
+
+
+class UnetBranch(nn.Module):
+    """A U-Net decoder with its 1-logit head, reading a list of encoder features (as smp.Unet does)."""
+
+    def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.decoder = UnetDecoder(encoder_channels=encoder_channels, decoder_channels=decoder_channels,
+                                   n_blocks=len(decoder_channels))
+        self.head = SegmentationHead(in_channels=decoder_channels[-1], out_channels=1, kernel_size=3)
+        smp_init.initialize_decoder(self.decoder)
+        smp_init.initialize_head(self.head)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.decoder(features))
