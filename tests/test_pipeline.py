@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,30 +16,11 @@ import yaml
 
 from tests.conftest import REPO, tiny_params
 
-NEW_METHOD = textwrap.dedent('''
-    """Box-Only (example): a U-Net trained on the filled boxes of the weak images. Written by a test."""
-    from benchmark.losses import mask_loss
-    from benchmark.networks import build_unet
-    from methods import register
-    from methods.base import SegmentationMethod
-
-
-    @register
-    class BoxOnly(SegmentationMethod):
-        display_name = "Box-Only"
-        uses_strong = False
-        uses_weak = True
-        default_options = {"loss": "bce_dice"}
-
-        def build(self):
-            self.net = build_unet(self.model_params)
-
-        def training_step(self, batch):
-            return mask_loss(self.net(batch.images), batch.boxes, self.options["loss"])
-
-        def predict(self, images):
-            return self.net(images)
-''')
+def readme_method_example() -> str:
+    """The code block of README "Add a method", verbatim: the test follows the README literally."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Add a method", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -63,16 +43,20 @@ def pipeline_copy(tmp_path_factory) -> Path:
     params = tiny_params()
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], work)
+    run(["git", "add", "-A"], work)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"], work)
     return work
 
 
 def test_dvc_repro_end_to_end(pipeline_copy: Path):
     work = pipeline_copy
     # Add a method as README says: one file, one params entry.
-    (work / "methods" / "box_only.py").write_text(NEW_METHOD)
+    (work / "methods" / "box_only.py").write_text(readme_method_example())
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["runs"]["box_only_0"] = {"method": "box_only", "row": "Box-Only", "strong_fraction": 0.0, "seed": 0}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = sorted(run(["git", "status", "--porcelain", "--untracked-files=all"], work).splitlines())
+    assert changed == [" M params.yaml", "?? methods/box_only.py"], "adding a method touches nothing else"
 
     run(["dvc", "repro"], work)
     tables = (work / "reports" / "tables.md").read_text()
