@@ -128,15 +128,13 @@ class MacroMicro(SegmentationMethod):
             raise ValueError("option ema_layers must be a list of parameter-name prefixes, e.g. ['encoder.layer4']")
         self.micro = build_unet(self.model_params)
         self.macro = build_unet(self.model_params)
-        micro_state = dict(self.micro.named_parameters()) | dict(self.micro.named_buffers())
-        macro_state = dict(self.macro.named_parameters()) | dict(self.macro.named_buffers())
+        micro_state = self._weights(self.micro)
         self.ema_names = sorted(name for name, tensor in micro_state.items()
                                 if tensor.is_floating_point() and any(self._under(name, p) for p in layers))
         unmatched = [prefix for prefix in layers if not any(self._under(name, prefix) for name in micro_state)]
         if unmatched:
-            raise ValueError(f"option ema_layers: {unmatched} match no weight of the U-Net "
-                             f"(top-level modules: {sorted({n.split('.')[0] + '.' + n.split('.')[1] for n in micro_state})})")
-        self._ema_pairs = [(micro_state[name], macro_state[name]) for name in self.ema_names]
+            modules = sorted({".".join(name.split(".")[:2]) for name in micro_state})
+            raise ValueError(f"option ema_layers: {unmatched} match no weight of the U-Net (modules: {modules})")
         self.step = 0
         self.total_steps = 0  # unknown until on_train_start: no ramp-up
         self.macro_uncertainty: float | None = None
@@ -172,11 +170,16 @@ class MacroMicro(SegmentationMethod):
             rate *= math.exp(-float(self.options["uncertainty_scale"]) * self.macro_uncertainty)
         return rate
 
+    @staticmethod
+    def _weights(net) -> dict[str, torch.Tensor]:
+        return dict(net.named_parameters()) | dict(net.named_buffers())
+
     @torch.no_grad()
     def ema_update(self, rate: float) -> None:
         """micro <- micro + rate (macro - micro) on the configured deep layers only."""
-        for micro_tensor, macro_tensor in self._ema_pairs:
-            micro_tensor.lerp_(macro_tensor, rate)
+        micro, macro = self._weights(self.micro), self._weights(self.macro)  # looked up each time: .to() may
+        for name in self.ema_names:                                            # replace buffer objects
+            micro[name].lerp_(macro[name], rate)
 
     # -- hooks ----------------------------------------------------------------------------------
     def on_train_start(self, context: TrainContext) -> None:

@@ -138,7 +138,7 @@ class Ours(SegmentationMethod):
         if self.prompt_level_indices:
             uncertainty = 1 - torch.sigmoid(aux_logits)  # high where Dec_a sees no definite background
             if self.options["detach_prompt"]:
-                uncertainty = uncertainty.detach()
+                pass
             for level in self.prompt_level_indices:
                 seg_features[level] = seg_features[level] * self._resize(uncertainty, seg_features[level].shape[-2:])
         seg_logits = self.seg_branch(seg_features)

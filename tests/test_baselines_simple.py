@@ -136,8 +136,8 @@ def test_a_batch_without_one_kind_gives_zero_terms(name):
         terms = method.training_step(full_batch(training_set))
         missing = "weak" if is_strong.all() else "strong"
         assert all(torch.isfinite(v) for v in terms.values())
-        assert all(float(v) == 0.0 for k, v in terms.items() if k.startswith(missing))
-        assert any(float(v) > 0.0 for k, v in terms.items() if not k.startswith(missing))
+        assert all(float(v.detach()) == 0.0 for k, v in terms.items() if k.startswith(missing))
+        assert any(float(v.detach()) > 0.0 for k, v in terms.items() if not k.startswith(missing))
         total(terms).backward()
         method.zero_grad(set_to_none=True)
 

@@ -1,0 +1,44 @@
+"""The prepare stage on both sources writes the same prepared format (real: on small format fixtures)."""
+import pandas as pd
+import pytest
+import yaml
+
+from benchmark.config import ConfigError
+from benchmark.data import load_prepared
+from benchmark.prepare import main as prepare_main
+from tests.conftest import tiny_params
+from tests.test_real_cbis import EXACT, S, standard_cases, write_uid_tree
+from tests.test_real_inbreast import write_inbreast_tree
+
+
+def run_prepare(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    prepare_main(["--params", str(path), "--out", str(tmp_path / "prepared"),
+                  "--preview", str(tmp_path / "preview.png")])
+    return load_prepared(tmp_path / "prepared")
+
+
+@pytest.mark.parametrize("split", ["random", "official"])
+def test_real_source_through_the_stage(tmp_path, split):
+    cbis_root = write_uid_tree(tmp_path / "cbis", standard_cases())
+    write_inbreast_tree(tmp_path / "inbreast")
+    params = tiny_params(image_size=S)
+    params["data"].update(source="real", split=split, preprocess=EXACT)
+    params["data"]["real"].update(cbis_root=str(cbis_root), inbreast_root=str(tmp_path / "inbreast"), workers=1)
+    data = run_prepare(tmp_path, params)
+    manifest = data.manifest
+    cbis = manifest[manifest.domain == "cbis"]
+    assert set(manifest[manifest.domain == "inbreast"].split) == {"test"}
+    assert {"official_split", "mask_resized", "original_path"} <= set(manifest.columns)
+    if split == "official":
+        pd.testing.assert_series_equal(cbis.split, cbis.official_split, check_names=False)
+    assert (tmp_path / "preview.png").stat().st_size > 1000
+    assert data.arrays["cbis"]["images"].shape[1:] == (S, S)
+
+
+def test_unknown_source_is_a_config_error(tmp_path):
+    params = tiny_params()
+    params["data"]["source"] = "kaggle"
+    with pytest.raises(ConfigError, match="data.source must be one of"):
+        run_prepare(tmp_path, params)
