@@ -1,6 +1,6 @@
 """Training cost of every registered method: mean time of one optimiser step, in one process.
 
-    python -m benchmark.bench_step_time [--size 96] [--batch 8] [--steps 10] [--rounds 3] [--warmup 2]
+    python -m benchmark.bench_step_time [--size 96] [--batch 8] [--steps 10] [--rounds 5] [--warmup 2]
                                         [--methods strong_only,ours] [--out reports/method_cost.md]
 
 Every method in `methods.available_methods()` (so a new methods/<name>.py is included without
@@ -13,12 +13,14 @@ batch: `--batch` images of `--size` px, the share params.yaml `train.strong_shar
 
 Timing: `on_train_start` runs once before anything is timed (a method's one-off stages, e.g. an
 ancillary model, are not in the step time; the context claims epochs=1 and as many steps per epoch as
-will be run); each method then runs `--warmup` untimed steps. The timed part is `--rounds` rounds; in
-each round every method runs `--steps` timed steps back to back, the methods in an order rotated by one
-every round, so slow phases of a shared machine fall on all methods alike. A method's ms/step is the
-median over rounds of its per-round mean; the table also gives the range of the round means and the
-ratio to Strong-Only. The file is written to `<out>.tmp` and renamed, so a killed run leaves no
-complete-looking table. A method that fails is listed as failed (exit status 1), the others still run.
+will be run); each method then runs `--warmup` untimed steps. The `--steps` timed steps of a method are
+spread over `--rounds` rounds; in each round every method runs its share of steps back to back, the
+methods in an order rotated by one every round, so slow phases of a shared machine fall on all methods
+alike. A method's ms/step is the median over rounds of its per-round mean; its ratio to Strong-Only is
+the median over rounds of the paired per-round ratio (both measured in the same round, which cancels
+slow phases better than a ratio of medians); the table also gives the range of the round means. The
+file is written to `<out>.tmp` and renamed, so a killed run leaves no complete-looking table. A method
+that fails is listed as failed (exit status 1), the others still run.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def measure(names: list[str], model_params: dict[str, Any], train_params: dict[s
     registry = available_methods()
     n_strong = int(round(float(train_params.get("strong_share", 0.5)) * batch_size))
     arrays = synthetic_arrays(size, max(2 * batch_size, 2), seed)
-    total_steps = warmup + rounds * steps
+    total_steps = warmup + steps
     benches: list[_Bench] = []
     for name in names:
         try:
@@ -127,12 +129,14 @@ def measure(names: list[str], model_params: dict[str, Any], train_params: dict[s
             bench.fail(error)
         benches.append(bench)
         log(f"{name}: built" + (f", FAILED ({bench.error})" if bench.error else f", {warmup} warm-up steps"))
+    rounds = min(rounds, steps)
     for round_index in range(rounds):
         live = [b for b in benches if b.error is None]
         shift = round_index % max(len(live), 1)
+        n_steps = steps // rounds + (1 if round_index < steps % rounds else 0)
         for bench in live[shift:] + live[:shift]:
             try:
-                bench.round_means.append(sum(bench.step() for _ in range(steps)) / steps)
+                bench.round_means.append(sum(bench.step() for _ in range(n_steps)) / n_steps)
             except Exception as error:
                 bench.fail(error)
         log(f"round {round_index + 1}/{rounds}: " + ", ".join(
@@ -142,13 +146,15 @@ def measure(names: list[str], model_params: dict[str, Any], train_params: dict[s
 
 def render(benches: list[_Bench], settings: dict[str, Any]) -> str:
     medians = {b.name: statistics.median(b.round_means) for b in benches if b.error is None and b.round_means}
-    reference = medians.get(REFERENCE)
+    by_name = {b.name: b for b in benches}
+    reference = by_name[REFERENCE].round_means if REFERENCE in medians else None
     lines = [
         "# Training step time per method",
         "",
         "Mean time of one training step (method.training_step + backward + Adam step + after_optimizer_step) "
         "on the same synthetic mixed batch; warm-up steps excluded; methods interleaved over rounds; "
-        "ms/step = median over rounds of the per-round mean. Written by `python -m benchmark.bench_step_time`.",
+        "ms/step = median over rounds of the per-round mean; ratio = median over rounds of the per-round ratio "
+        f"to {REFERENCE}. Written by `python -m benchmark.bench_step_time`.",
         "",
         *(f"- {key}: {value}" for key, value in settings.items()),
         "",
@@ -160,7 +166,8 @@ def render(benches: list[_Bench], settings: dict[str, Any]) -> str:
             lines.append(f"| {bench.name} | {bench.display_name} | failed | n/a | {bench.error} |")
             continue
         ms = 1000 * medians[bench.name]
-        ratio = f"{medians[bench.name] / reference:.2f}x" if reference else "n/a"
+        paired = [mine / ref for mine, ref in zip(bench.round_means, reference)] if reference else []
+        ratio = f"{statistics.median(paired):.2f}x" if paired else "n/a"
         spread = f"{1000 * min(bench.round_means):.1f}-{1000 * max(bench.round_means):.1f}"
         lines.append(f"| {bench.name} | {bench.display_name} | {ms:.1f} | {ratio} | {spread} |")
     return "\n".join(lines) + "\n"
@@ -170,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=96, help="image side, px")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per method per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (spread over the rounds)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaving rounds (at most --steps)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method before the rounds")
     parser.add_argument("--methods", default="", help="comma-separated registry names (default: every method)")
     parser.add_argument("--params", default="params.yaml")
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"{args.batch} x 1 x {args.size} x {args.size} ({n_strong} strong, {args.batch - n_strong} weak)",
         "model": f"{model_params['encoder']} (random init), decoder channels {list(model_params['decoder_channels'])}",
         "optimiser": f"Adam, lr {train_params.get('lr')}",
-        "timing": f"{args.warmup} warm-up + {args.rounds} rounds x {args.steps} steps per method",
+        "timing": f"{args.warmup} warm-up + {args.steps} timed steps per method over {min(args.rounds, args.steps)} "
+                  "rounds",
         "hardware": f"{hardware_description(device)}, torch {torch.__version__}, {threads} threads",
     }
     table = render(benches, settings)
