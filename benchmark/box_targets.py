@@ -4,13 +4,18 @@ The paper does not say how its baselines used boxes; the default is the filled b
 (`filled`). Options: the ellipse inscribed in each box (`ellipse`), and OpenCV's GrabCut
 initialised with each box (`grabcut`; pixels outside the box stay background, and a box
 where GrabCut finds nothing falls back to its inscribed ellipse).
+
+Methods compute non-filled targets once in `on_train_start` (`register_box_target`) and read
+them, flipped with their batch, through `box_target_of`.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from benchmark.data import component_boxes
+from methods.base import Batch, TrainContext
 
 KINDS = ("filled", "ellipse", "grabcut")
 GRABCUT_ITERATIONS = 3
@@ -55,3 +60,51 @@ def box_targets(images: np.ndarray, box_maps: np.ndarray, kind: str = "filled") 
     """Targets (N, H, W) uint8 for uint8 images and box maps (N, H, W)."""
     return np.stack([box_target(image, boxes, kind) for image, boxes in zip(images, box_maps)]) \
         if len(images) else np.zeros_like(box_maps)
+
+
+BOX_TARGET_LAYER = "box_target"
+LOSS_KINDS = ("structure", "bce_dice", "bce")
+BCE_WEIGHTINGS = ("weighted", "released")
+
+
+def check_options(options: dict) -> None:
+    """ValueError (named option) for a box target, loss or BCE weighting this family does not know."""
+    for key, allowed in (("box_target", KINDS), ("loss", LOSS_KINDS), ("bce_weighting", BCE_WEIGHTINGS)):
+        if key in options and options[key] not in allowed:
+            raise ValueError(f"option {key} must be one of {', '.join(allowed)}; got {options[key]!r}")
+
+
+def register_box_target(context: TrainContext, kind: str, which: torch.Tensor | None = None) -> None:
+    """Compute the `kind` box target once and register it as the layer "box_target".
+
+    `which` (N,) bool picks the images that need it (default all); the others keep their
+    filled box, which no method of this family reads. "filled" registers nothing:
+    `batch.boxes` already is that target.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"box_target must be one of {', '.join(KINDS)}; got {kind!r}")
+    if kind == "filled":
+        return
+    training_set = context.training_set
+    images = training_set.images[:, 0].cpu().numpy()
+    boxes = training_set.boxes[:, 0].cpu().numpy()
+    targets = (boxes > 0).astype(np.uint8)
+    selected = np.ones(len(images), bool) if which is None else np.asarray(which.cpu(), bool)
+    if selected.any():
+        targets[selected] = box_targets(images[selected], boxes[selected], kind)
+    training_set.register_layer(BOX_TARGET_LAYER, torch.from_numpy(targets))
+
+
+def box_target_of(batch: Batch, kind: str) -> torch.Tensor:
+    """The (B, 1, H, W) box target of every image of the batch (flipped with it)."""
+    if kind == "filled":
+        return batch.boxes
+    if BOX_TARGET_LAYER not in batch.extra:
+        raise RuntimeError(f"box_target {kind!r} needs the '{BOX_TARGET_LAYER}' layer, which on_train_start "
+                           "registers on the training set; run on_train_start before training_step.")
+    return batch.extra[BOX_TARGET_LAYER]
+
+
+def prefixed(prefix: str, terms: dict[str, torch.Tensor], scale: torch.Tensor | float = 1.0
+             ) -> dict[str, torch.Tensor]:
+    return {f"{prefix}_{name}": value * scale for name, value in terms.items()}
