@@ -20,6 +20,7 @@ import pandas as pd
 from benchmark.artifacts import atomic_write_text, read_json
 from benchmark.config import all_runs, load_params
 from benchmark.paper_results import TABLES
+from benchmark.statistics import bootstrap_ci, wilcoxon_p
 
 METRIC_COLUMNS = [("cbis", "dice"), ("cbis", "smeasure"), ("inbreast", "dice"), ("inbreast", "smeasure")]
 PAPER_FIELDS = ["cbis_dice", "cbis_sm", "inbreast_dice", "inbreast_sm"]
@@ -82,7 +83,42 @@ def table_markdown(groups: list[tuple[tuple[str, float], pd.DataFrame]], paper: 
     return "\n".join(lines)
 
 
-def render(params: dict[str, Any], runs: pd.DataFrame, prepare_report: dict[str, Any]) -> str:
+def per_image_dice(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """Per-image Dice of every (row, S) group, averaged over its seeds: index (dataset, image_id)."""
+    columns = {}
+    for (row, strong), frame in runs.groupby(["row", "S"], sort=False):
+        tables = [pd.read_csv(runs_dir / run / "per_image.csv").set_index(["dataset", "image_id"])["dice"]
+                  for run in frame["run"]]
+        columns[(row, strong)] = pd.concat(tables, axis=1).mean(axis=1)
+    return pd.DataFrame(columns)
+
+
+def comparisons_markdown(runs: pd.DataFrame, runs_dir: Path, reference: tuple[str, float]) -> str:
+    """Reference row against every other row: paired Wilcoxon p and bootstrap 95% CI of the Dice difference."""
+    dice = per_image_dice(runs, runs_dir)
+    if reference not in dice.columns:
+        return ""
+    lines = [f"## Paired comparisons: {reference[0]} ({reference[1]:g}%) against every other row", "",
+             "Per-image Dice on the same test images (seeds averaged per image first); difference = "
+             f"{reference[0]} minus the other row, in Dice points; two-sided Wilcoxon signed-rank test; "
+             "bootstrap 95% CI (10,000 resamples of images).", "",
+             "| other row | S | test set | images | mean difference | 95% CI | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|"]
+    for other in dice.columns:
+        if other == reference:
+            continue
+        for dataset in ("cbis", "inbreast"):
+            pair = dice.loc[dataset, [reference, other]].dropna()
+            difference = 100 * (pair[reference] - pair[other]).to_numpy()
+            low, high = bootstrap_ci(difference)
+            p_value = wilcoxon_p(pair[reference].to_numpy(), pair[other].to_numpy())
+            lines.append(f"| {other[0]} | {other[1]:g}% | {'CBIS' if dataset == 'cbis' else 'INbreast'} | "
+                         f"{len(pair)} | {difference.mean():+.2f} | [{low:+.2f}, {high:+.2f}] | {p_value:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(params: dict[str, Any], runs: pd.DataFrame, prepare_report: dict[str, Any],
+           comparisons: str = "") -> str:
     domains = prepare_report.get("domains", {})
     source = params["data"].get("source", "synthetic")
     data_line = (
@@ -134,6 +170,10 @@ def render(params: dict[str, Any], runs: pd.DataFrame, prepare_report: dict[str,
         groups = [((row, strong), frame) for (row, strong), frame in others.groupby(["row", "S"], sort=False)]
         lines += ["## Other runs", "", "Configured runs that match no row of the paper's tables.", "",
                   table_markdown(groups, None), ""]
+    if comparisons:
+        lines += [comparisons]
+    lines += ["Training cost of each method (step time relative to Strong-Only, one process): "
+              "[method_cost.md](method_cost.md).", ""]
     lines += ["## Runs", "", "| run | method | S | seed | train | evaluate |", "|---|---|---|---|---|---|"]
     for record in runs.itertuples():
         lines.append(f"| {record.run} | {record.method} | {record.S:g}% | {record.seed} | "
@@ -152,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect(params, Path(args.runs))
     if runs.empty:
         raise SystemExit("params.yaml configures no runs; nothing to report.")
-    text = render(params, runs, read_json(Path(args.prepared) / "prepare_report.json"))
+    report_params = params.get("report") or {}
+    reference = (str(report_params.get("reference_row", "Ours")), float(report_params.get("reference_strong", 10)))
+    comparisons = comparisons_markdown(runs, Path(args.runs), reference)
+    text = render(params, runs, read_json(Path(args.prepared) / "prepare_report.json"), comparisons)
     atomic_write_text(args.out, text)
     print(f"wrote {args.out} ({len(runs)} runs)")
 

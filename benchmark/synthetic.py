@@ -132,7 +132,9 @@ def render_image(index: int, size: int, seed: int, domain: str, params: dict) ->
     mask_hr = _smooth_blob_mask(h, w, tuple(centre), radius, rng, spiculated) & breast
 
     contrast = float(np.clip(rng.lognormal(np.log(params["mass_contrast_median"]), 0.35), 0.07, 0.30))
-    soft = ndimage.gaussian_filter(mask_hr.astype(np.float64), sigma=max(1.0, radius * rng.uniform(0.08, 0.2)))
+    # margins range from sharp (circumscribed) to ill-defined: the blur scales with the mass radius
+    blur = rng.uniform(params["edge_blur_min"], params["edge_blur_max"])
+    soft = ndimage.gaussian_filter(mask_hr.astype(np.float64), sigma=max(0.5 * factor, radius * blur))
     texture = 1 + 0.05 * power_law_noise((h, w), 2.0, rng)
     local = ndimage.gaussian_filter(tissue, sigma=radius * 1.5)
     image = tissue + contrast * local * soft * texture
