@@ -53,7 +53,7 @@ class TrainingSet:
                  device: torch.device, hflip: bool = True, vflip: bool = True) -> None:
         to_device = lambda array: torch.as_tensor(array[:, None]).to(device)  # noqa: E731
         self.images, self.masks, self.boxes = to_device(images), to_device(masks), to_device(boxes)
-        self.is_strong = torch.as_tensor(is_strong, dtype=torch.bool)
+        self.is_strong = torch.tensor(np.asarray(is_strong, dtype=bool))
         self.device, self.hflip, self.vflip = device, hflip, vflip
         self.layers: dict[str, torch.Tensor] = {}
 

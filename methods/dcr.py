@@ -49,33 +49,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from benchmark.box_targets import KINDS as BOX_KINDS
-from benchmark.box_targets import box_targets
+from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
 from benchmark.losses import EPS, mask_loss
 from benchmark.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 
-BOX_LAYER = "box_target"
 SIMILARITIES = ("cosine", "scaled", "dot")
 PREDICTORS = ("student", "teacher")
-
-
-def register_box_target(context: TrainContext, kind: str) -> None:
-    """Compute the box-derived target of every training image once; batches carry it in extra[BOX_LAYER]."""
-    if kind == "filled":  # the batch's own box map
-        return
-    training_set = context.training_set
-    targets = box_targets(training_set.images[:, 0].cpu().numpy(), training_set.boxes[:, 0].cpu().numpy(), kind)
-    training_set.register_layer(BOX_LAYER, targets)
-
-
-def batch_box_target(batch: Batch, kind: str) -> torch.Tensor:
-    if kind == "filled":
-        return batch.boxes
-    if BOX_LAYER not in batch.extra:
-        raise RuntimeError(f"box_target {kind!r} needs the '{BOX_LAYER}' layer registered in on_train_start.")
-    return batch.extra[BOX_LAYER]
 
 
 def sigmoid_rampup(step: int, length: float) -> float:
@@ -227,7 +208,7 @@ class DCR(SegmentationMethod):
                 positions = weak_positions[start:start + chunk]
                 batch = training_set.batch(positions, torch.zeros(len(positions), 2, dtype=torch.bool))
                 g_weak.append(self._per_sample_grads(tail, batch.images,
-                                                     batch_box_target(batch, self.options["box_target"])))
+                                                     box_target_of(batch, self.options["box_target"])))
         finally:
             self.student.train(was_training)
         if not g_weak:
@@ -263,7 +244,7 @@ class DCR(SegmentationMethod):
         # weighted mean over gamma (what the loss helper computes) x sum(gamma)/n_weak = sum(gamma l) / n_weak
         rescale = gamma_weak.sum() / n_weak.clamp_min(1.0)
         terms |= {f"weak_{name}": value * rescale for name, value in
-                  mask_loss(logits, batch_box_target(batch, o["box_target"]), o["loss"], o["bce_weighting"],
+                  mask_loss(logits, box_target_of(batch, o["box_target"]), o["loss"], o["bce_weighting"],
                             weight=gamma_weak).items()}
         terms["consistency"] = logits.new_zeros(())
         weak_index = torch.nonzero(~batch.is_strong).flatten()

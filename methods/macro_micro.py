@@ -45,34 +45,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmark.box_targets import KINDS as BOX_KINDS
-from benchmark.box_targets import box_targets
+from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
 from benchmark.losses import EPS, mask_loss
 from benchmark.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 
-BOX_LAYER = "box_target"
 PREDICTORS = ("micro", "macro")
 EMA_UNCERTAINTY = ("macro", "none")
 LOSS_TERMS = {"structure": ("structure",), "bce_dice": ("bce", "dice"), "bce": ("bce",)}  # names of mask_loss
-
-
-def register_box_target(context: TrainContext, kind: str) -> None:
-    """Compute the box-derived target of every training image once; batches carry it in extra[BOX_LAYER]."""
-    if kind == "filled":  # the batch's own box map
-        return
-    training_set = context.training_set
-    targets = box_targets(training_set.images[:, 0].cpu().numpy(), training_set.boxes[:, 0].cpu().numpy(), kind)
-    training_set.register_layer(BOX_LAYER, targets)
-
-
-def batch_box_target(batch: Batch, kind: str) -> torch.Tensor:
-    if kind == "filled":
-        return batch.boxes
-    if BOX_LAYER not in batch.extra:
-        raise RuntimeError(f"box_target {kind!r} needs the '{BOX_LAYER}' layer registered in on_train_start.")
-    return batch.extra[BOX_LAYER]
 
 
 def binary_entropy_bits(prob: torch.Tensor) -> torch.Tensor:
@@ -223,7 +204,7 @@ class MacroMicro(SegmentationMethod):
         macro_index = torch.arange(len(batch.is_strong), device=weak_index.device) if o["macro_on_strong_boxes"] \
             else weak_index
         if len(macro_index):
-            box_target = batch_box_target(batch, o["box_target"]).index_select(0, macro_index)
+            box_target = box_target_of(batch, o["box_target"]).index_select(0, macro_index)
             macro_features, macro_logits = self._rows(self.macro, batch.images, macro_index)
             terms |= {f"macro_{name}": value for name, value in
                       mask_loss(macro_logits, box_target, kind, weighting).items()}

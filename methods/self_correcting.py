@@ -37,33 +37,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.box_targets import KINDS as BOX_KINDS
-from benchmark.box_targets import box_targets
+from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
 from benchmark.losses import bce_loss, mask_loss, structure_loss
 from benchmark.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 
-BOX_LAYER = "box_target"
 ALPHA_SCHEDULES = ("span", "per_epoch")
 WEAK_LOSSES = ("bce", "structure")
-
-
-def register_box_target(context: TrainContext, kind: str) -> None:
-    """Compute the box-derived target of every training image once; batches carry it in extra[BOX_LAYER]."""
-    if kind == "filled":  # the batch's own box map
-        return
-    training_set = context.training_set
-    targets = box_targets(training_set.images[:, 0].cpu().numpy(), training_set.boxes[:, 0].cpu().numpy(), kind)
-    training_set.register_layer(BOX_LAYER, targets)
-
-
-def batch_box_target(batch: Batch, kind: str) -> torch.Tensor:
-    if kind == "filled":
-        return batch.boxes
-    if BOX_LAYER not in batch.extra:
-        raise RuntimeError(f"box_target {kind!r} needs the '{BOX_LAYER}' layer registered in on_train_start.")
-    return batch.extra[BOX_LAYER]
 
 
 def two_channel_unet(model_params: dict) -> nn.Module:
@@ -178,7 +159,7 @@ class SelfCorrecting(SegmentationMethod):
             for group in optimizer.param_groups:
                 group["lr"] = lr * (1 - step / steps) ** power
             batch = context.training_set.batch(*sampler.next())
-            logits = self.ancillary_logits(batch.images, batch_box_target(batch, kind))
+            logits = self.ancillary_logits(batch.images, box_target_of(batch, kind))
             terms = mask_loss(logits, batch.masks, self.options["loss"], self.options["bce_weighting"])
             loss = sum(terms.values())
             if not torch.isfinite(loss):
@@ -201,7 +182,7 @@ class SelfCorrecting(SegmentationMethod):
         target = torch.zeros_like(logits)
         weak_index = torch.nonzero(~batch.is_strong).flatten()
         if len(weak_index):
-            box_map = batch_box_target(batch, o["box_target"]).index_select(0, weak_index)
+            box_map = box_target_of(batch, o["box_target"]).index_select(0, weak_index)
             with torch.no_grad():
                 z_ancillary = self.ancillary_logits(batch.images.index_select(0, weak_index), box_map)
             region = box_map if o["restrict_to_box"] else None

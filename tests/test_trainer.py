@@ -5,7 +5,7 @@ import torch
 
 from benchmark.config import RunSpec
 from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import NonFiniteLossError, poly_lr, steps_per_epoch, train_run, training_set_for
+from benchmark.train import NonFiniteLossError, poly_lr, steps_per_epoch, train_run
 
 
 def make_set(n=10, n_strong=3, size=8):
