@@ -43,7 +43,7 @@ def test_masks_boxes_consistent_and_realistic():
         ratios.append(mask.sum() / filled.sum())
         ring = ndimage.binary_dilation(mask, iterations=3) & ~mask.astype(bool)
         contrasts.append(image[mask > 0].mean() / image[ring].mean() - 1)
-        assert 0.001 <= mask.mean() <= 0.05
+        assert 0.001 <= mask.mean() <= 0.07  # nominal area up to 3%, plus lobulation and spicules
     # datasets.md: mask/box area median 0.64 (10th-90th: 0.52-0.72); contrast ~15% (7-30%)
     assert 0.55 <= np.median(ratios) <= 0.72
     assert np.percentile(ratios, 90) < 0.85
