@@ -65,13 +65,8 @@ def box_targets(images: np.ndarray, box_maps: np.ndarray, kind: str = "filled") 
 BOX_TARGET_LAYER = "box_target"
 LOSS_KINDS = ("structure", "bce_dice", "bce")
 BCE_WEIGHTINGS = ("weighted", "released")
-
-
-def check_options(options: dict) -> None:
-    """ValueError (named option) for a box target, loss or BCE weighting this family does not know."""
-    for key, allowed in (("box_target", KINDS), ("loss", LOSS_KINDS), ("bce_weighting", BCE_WEIGHTINGS)):
-        if key in options and options[key] not in allowed:
-            raise ValueError(f"option {key} must be one of {', '.join(allowed)}; got {options[key]!r}")
+# option_choices shared by the single-network box baselines
+BOX_METHOD_CHOICES = {"box_target": KINDS, "loss": LOSS_KINDS, "bce_weighting": BCE_WEIGHTINGS}
 
 
 def register_box_target(context: TrainContext, kind: str, which: torch.Tensor | None = None) -> None:

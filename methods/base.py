@@ -68,6 +68,7 @@ class SegmentationMethod(nn.Module):
     uses_strong: ClassVar[bool] = True  # trains on strong (mask) images
     uses_weak: ClassVar[bool] = False  # trains on weak (box) images
     default_options: ClassVar[dict[str, Any]] = {}  # every option of the method, with its default
+    option_choices: ClassVar[dict[str, tuple]] = {}  # options restricted to a set of values, checked on build
     registry_name: ClassVar[str] = ""  # set by @register: the file name
 
     def __init__(self, model_params: dict[str, Any], options: dict[str, Any] | None = None) -> None:
@@ -80,6 +81,10 @@ class SegmentationMethod(nn.Module):
                              f"known options: {known}.")
         self.model_params = dict(model_params)
         self.options = {**self.default_options, **options}
+        for key, allowed in self.option_choices.items():
+            if self.options[key] not in allowed:
+                raise ValueError(f"method {self.registry_name or type(self).__name__}: option {key} must be one of "
+                                 f"{', '.join(map(str, allowed))}; got {self.options[key]!r}")
         self.build()
 
     def build(self) -> None:

@@ -82,6 +82,7 @@ class DCR(SegmentationMethod):
     display_name = "DCR"
     uses_strong = True
     uses_weak = True
+    option_choices = {"box_target": BOX_KINDS, "similarity": SIMILARITIES, "predict_with": PREDICTORS}
     default_options = {
         "loss": "structure",  # mask loss of strong masks and box targets [ours: as Strong-Only]
         "bce_weighting": "weighted",
@@ -101,9 +102,6 @@ class DCR(SegmentationMethod):
 
     def build(self) -> None:
         o = self.options
-        for key, allowed in (("box_target", BOX_KINDS), ("similarity", SIMILARITIES), ("predict_with", PREDICTORS)):
-            if o[key] not in allowed:
-                raise ValueError(f"option {key} must be one of {allowed}, got {o[key]!r}")
         if o["tau"] != "epoch" and not (isinstance(o["tau"], int) and o["tau"] > 0):
             raise ValueError(f"option tau must be 'epoch' or a positive number of steps, got {o['tau']!r}")
         if not 0.0 <= float(o["gamma_init"]) <= 1.0 or not 0.0 <= float(o["ema_decay"]) <= 1.0:

@@ -81,6 +81,8 @@ class MacroMicro(SegmentationMethod):
     display_name = "Macro-Micro"
     uses_strong = True
     uses_weak = True
+    option_choices = {"box_target": BOX_KINDS, "predict_with": PREDICTORS, "ema_uncertainty": EMA_UNCERTAINTY,
+                      "loss": tuple(LOSS_TERMS)}
     default_options = {
         "loss": "structure",  # mask loss of both models [ours: as Strong-Only]
         "bce_weighting": "weighted",
@@ -99,10 +101,6 @@ class MacroMicro(SegmentationMethod):
 
     def build(self) -> None:
         o = self.options
-        for key, allowed in (("box_target", BOX_KINDS), ("predict_with", PREDICTORS),
-                             ("ema_uncertainty", EMA_UNCERTAINTY), ("loss", tuple(LOSS_TERMS))):
-            if o[key] not in allowed:
-                raise ValueError(f"option {key} must be one of {allowed}, got {o[key]!r}")
         if not 0.0 <= float(o["ema_momentum"]) <= 1.0:
             raise ValueError("option ema_momentum must be in [0, 1]")
         if int(o["mc_samples"]) < 1 or not 0.0 <= float(o["mc_dropout"]) < 1.0:

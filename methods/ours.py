@@ -79,6 +79,8 @@ class Ours(SegmentationMethod):
     display_name = "Ours"
     uses_strong = True
     uses_weak = True
+    option_choices = {"fd_levels": _LEVEL_CHOICES, "prompt_levels": ("fd",) + _LEVEL_CHOICES,
+                      "prompt_resize": ("area", "bilinear"), "bce_weighting": ("weighted", "released")}
     default_options = {
         "feature_disentangle": True,   # FD (Table 2: w/o FD = false)
         "spatial_prompt": True,        # SPM (Table 2: w/o SPM = false)
@@ -92,14 +94,6 @@ class Ours(SegmentationMethod):
 
     def build(self) -> None:
         opts = self.options
-        if opts["fd_levels"] not in _LEVEL_CHOICES:
-            raise ValueError(f"option fd_levels must be one of {_LEVEL_CHOICES}, got {opts['fd_levels']!r}")
-        if opts["prompt_levels"] not in ("fd",) + _LEVEL_CHOICES:
-            raise ValueError(f"option prompt_levels must be one of fd, deepest, all; got {opts['prompt_levels']!r}")
-        if opts["prompt_resize"] not in ("area", "bilinear"):
-            raise ValueError(f"option prompt_resize must be 'area' or 'bilinear', got {opts['prompt_resize']!r}")
-        if opts["bce_weighting"] not in ("weighted", "released"):
-            raise ValueError(f"option bce_weighting must be 'weighted' or 'released', got {opts['bce_weighting']!r}")
         for key in ("feature_disentangle", "spatial_prompt", "perception_loss", "detach_prompt"):
             if not isinstance(opts[key], bool):
                 raise ValueError(f"option {key} must be true or false, got {opts[key]!r}")

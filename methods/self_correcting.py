@@ -81,6 +81,7 @@ class SelfCorrecting(SegmentationMethod):
     display_name = "Self-Correcting"
     uses_strong = True
     uses_weak = True
+    option_choices = {"box_target": BOX_KINDS, "alpha_schedule": ALPHA_SCHEDULES, "weak_loss": WEAK_LOSSES}
     default_options = {
         "loss": "structure",  # strong masks (primary) and the ancillary's training [ours: as Strong-Only]
         "bce_weighting": "weighted",
@@ -96,10 +97,6 @@ class SelfCorrecting(SegmentationMethod):
 
     def build(self) -> None:
         options = self.options
-        for key, allowed in (("box_target", BOX_KINDS), ("alpha_schedule", ALPHA_SCHEDULES),
-                             ("weak_loss", WEAK_LOSSES)):
-            if options[key] not in allowed:
-                raise ValueError(f"option {key} must be one of {allowed}, got {options[key]!r}")
         if not (float(options["alpha_start"]) > 0 and float(options["alpha_end"]) > 0):
             raise ValueError("options alpha_start and alpha_end must be positive")
         if float(options["ancillary_step_fraction"]) < 0:

@@ -44,7 +44,7 @@ import torch
 from segmentation_models_pytorch.base import initialization as smp_init
 from torch import nn
 
-from benchmark.box_targets import box_target_of, check_options, prefixed, register_box_target
+from benchmark.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
 from benchmark.losses import mask_loss
 from benchmark.networks import UnetBranch, build_encoder
 from methods import register
@@ -73,16 +73,13 @@ class StrongWeak(SegmentationMethod):
     uses_weak = True
     default_options = {"neck_layers": 0, "branch_inputs": "own", "weak_weight": 1.0, "box_target": "filled",
                        "loss": "structure", "bce_weighting": "weighted"}
+    option_choices = {**BOX_METHOD_CHOICES, "branch_inputs": BRANCH_INPUTS}
 
     def build(self) -> None:
-        check_options(self.options)
         neck_layers = self.options["neck_layers"]
         if isinstance(neck_layers, bool) or not isinstance(neck_layers, int) \
                 or not 0 <= neck_layers <= MAX_NECK_LAYERS:
             raise ValueError(f"option neck_layers must be an integer from 0 to {MAX_NECK_LAYERS}; got {neck_layers!r}")
-        if self.options["branch_inputs"] not in BRANCH_INPUTS:
-            raise ValueError(f"option branch_inputs must be one of {', '.join(BRANCH_INPUTS)}; "
-                             f"got {self.options['branch_inputs']!r}")
         if not float(self.options["weak_weight"]) >= 0:
             raise ValueError(f"option weak_weight must be >= 0; got {self.options['weak_weight']!r}")
         self.encoder = build_encoder(self.model_params)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.box_targets import box_target_of, check_options, prefixed, register_box_target
+from benchmark.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
 from benchmark.losses import mask_loss
 from benchmark.networks import build_unet
 from methods import register
@@ -31,9 +31,9 @@ class WeakOnly(SegmentationMethod):
     uses_strong = False
     uses_weak = True
     default_options = {"box_target": "filled", "loss": "structure", "bce_weighting": "weighted"}
+    option_choices = BOX_METHOD_CHOICES
 
     def build(self) -> None:
-        check_options(self.options)
         self.net = build_unet(self.model_params)
 
     def on_train_start(self, context: TrainContext) -> None:
