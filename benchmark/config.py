@@ -33,12 +33,12 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One configured run: a method at a label budget with a seed."""
+    """One configured run: a method at a label budget, trained once per seed."""
 
     name: str
     method: str
     strong_fraction: float
-    seed: int
+    seeds: tuple[int, ...]
     row: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -59,6 +59,9 @@ def run_spec(params: dict[str, Any], name: str) -> RunSpec:
     fraction = float(entry["strong_fraction"])
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"params.yaml: runs.{name}.strong_fraction must be in [0, 1], got {fraction}.")
+    if "seed" in entry:
+        raise ConfigError(f"params.yaml: runs.{name}.seed is no longer read: list the seeds once in the top-level "
+                          "`seeds` (or give this run its own `seeds: [..]`).")
     options = entry.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"params.yaml: runs.{name}.options must be a mapping, got {type(options).__name__}.")
@@ -66,10 +69,20 @@ def run_spec(params: dict[str, Any], name: str) -> RunSpec:
         name=name,
         method=str(entry["method"]),
         strong_fraction=fraction,
-        seed=int(entry.get("seed", 0)),
+        seeds=_seeds(entry["seeds"], f"runs.{name}.seeds") if "seeds" in entry else
+        _seeds(params.get("seeds", [0]), "seeds"),
         row=str(entry.get("row", entry["method"])),
         options=dict(options),
     )
+
+
+def _seeds(value: Any, key: str) -> tuple[int, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in values):
+        raise ConfigError(f"params.yaml: {key} must be a non-empty list of integers, got {value!r}.")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"params.yaml: {key} lists a seed twice: {value!r}.")
+    return tuple(values)
 
 
 def all_runs(params: dict[str, Any]) -> list[RunSpec]:

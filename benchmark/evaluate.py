@@ -3,9 +3,12 @@
     python -m benchmark.evaluate <run-name>
 
 Intra-domain: the CBIS(-like) test split; cross-domain: every INbreast(-like) image.
-Evaluated at the prepared resolution with the final weights (no checkpoint or threshold
-is ever chosen on a test set). Writes runs/<run>/per_image.csv (image id, dataset, Dice,
-S-measure, mask, box and predicted areas) and runs/<run>/metrics.json (means in %, DVC metrics).
+Every seed's final weights are evaluated at the prepared resolution (no checkpoint or
+threshold is ever chosen on a test set). Writes runs/<run>/per_image.csv (seed, image id,
+dataset, Dice, S-measure, mask, box and predicted areas), runs/<run>/examples.npz (the first
+seed's probability maps of the report's example images) and, last, runs/<run>/metrics.json
+(per test set: mean and std over seeds in %, per-seed means, the hashes of the evaluated
+models; DVC metrics).
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.artifacts import atomic_write_csv, atomic_write_json
+from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_json, file_sha256, read_json
 from benchmark.config import load_params, run_spec
-from benchmark.data import load_prepared
+from benchmark.data import PreparedData, load_prepared
 from benchmark.metrics import dice, smeasure
 from benchmark.runtime import configure_threads, pick_device
 from benchmark.sampling import normalise
@@ -43,48 +46,97 @@ def predict_probabilities(method, images_u8: np.ndarray, device: torch.device, b
 
 
 def summarise(per_image: pd.DataFrame) -> dict[str, Any]:
-    summary = {}
+    """Means in % per test set: over images per seed, then mean and std (ddof 1) over seeds."""
+    summary: dict[str, Any] = {}
+    per_seed = per_image.groupby(["dataset", "seed"], sort=False)[["dice", "smeasure"]].mean() * 100
     for dataset, frame in per_image.groupby("dataset", sort=False):
+        seeds = per_seed.loc[dataset]
+        first_seed = frame[frame["seed"] == frame["seed"].iloc[0]]
         summary[dataset] = {
-            "dice": round(100 * frame["dice"].mean(), 3),
-            "smeasure": round(100 * frame["smeasure"].mean(), 3),
-            "n_images": int(len(frame)),
-            "n_empty_truth": int((frame["mask_area"] == 0).sum()),
+            "dice": round(float(seeds["dice"].mean()), 3),
+            "smeasure": round(float(seeds["smeasure"].mean()), 3),
+            "dice_std": round(float(seeds["dice"].std(ddof=1)) if len(seeds) > 1 else 0.0, 3),
+            "smeasure_std": round(float(seeds["smeasure"].std(ddof=1)) if len(seeds) > 1 else 0.0, 3),
+            "n_images": int(len(first_seed)),
+            "n_empty_truth": int((first_seed["mask_area"] == 0).sum()),
+            "n_seeds": int(len(seeds)),
         }
+    summary["per_seed"] = {
+        str(seed): {dataset: {"dice": round(float(per_seed.loc[(dataset, seed), "dice"]), 3),
+                              "smeasure": round(float(per_seed.loc[(dataset, seed), "smeasure"]), 3)}
+                    for dataset in per_image["dataset"].unique()}
+        for seed in per_image["seed"].unique()}
     return summary
+
+
+def figure_example_ids(data: PreparedData, per_domain: int, seed: int) -> list[tuple[str, str]]:
+    """(domain, image_id) of the test images the report shows for every run: a seeded choice per test set,
+    the same for every run because it depends on the prepared manifest only."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for domain in TEST_SETS:
+        ids = sorted(data.rows(domain, "test")["image_id"])
+        picks = rng.choice(len(ids), size=min(per_domain, len(ids)), replace=False)
+        chosen += [(domain, ids[i]) for i in sorted(picks)]
+    return chosen
+
+
+def load_run_models(run_dir: Path) -> dict[int, Path]:
+    """The trained models of a finished train stage: seed -> path, checked against train_info.json."""
+    info = read_json(run_dir / "train_info.json")
+    models = {int(seed): run_dir / "models" / f"seed_{seed}.pt" for seed in info["seeds"]}
+    for seed, path in models.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing although {run_dir / 'train_info.json'} lists seed {seed}; "
+                                    "re-run the train stage (`dvc repro`).")
+    return models
 
 
 def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     spec = run_spec(params, run_name)
+    run_dir = runs_dir / run_name
+    # a stage killed halfway must not leave the previous evaluation looking complete
+    for name in ("metrics.json", "per_image.csv", "examples.npz"):
+        (run_dir / name).unlink(missing_ok=True)
     configure_threads(int(params["train"].get("num_threads", 0)))
     device = pick_device(params["train"].get("device", "auto"))
-    method = build_method(spec, params["model"]).to(device)
-    state = torch.load(runs_dir / run_name / "model.pt", map_location=device, weights_only=True)
-    method.load_state_dict(state)
-    threshold = float(params["evaluate"]["threshold"])
-    batch_size = int(params["evaluate"]["batch_size"])
-
+    eval_params = params["evaluate"]
+    threshold, batch_size = float(eval_params["threshold"]), int(eval_params["batch_size"])
     data = load_prepared(prepared_dir)
-    rows = []
-    for domain in TEST_SETS:
-        test_rows = data.rows(domain, "test")
-        index = test_rows["index"].to_numpy()
-        arrays = data.arrays[domain]
-        probabilities = predict_probabilities(method, arrays["images"][index], device, batch_size, f"{run_name}/{domain}")
-        for row, probability, truth, boxes in zip(test_rows.itertuples(), probabilities, arrays["masks"][index],
-                                                 arrays["boxes"][index]):
-            prediction = probability > threshold
-            rows.append({
-                "image_id": row.image_id, "dataset": domain, "dice": dice(prediction, truth),
-                "smeasure": smeasure(probability, truth), "mask_area": int(truth.sum()),
-                "box_area": int(boxes.sum()), "pred_area": int(prediction.sum()),
-            })
+    examples = figure_example_ids(data, int(eval_params.get("figure_examples", 3)),
+                                  int(eval_params.get("figure_seed", 0)))
+    models = load_run_models(run_dir)
+    rows, example_maps, model_hashes = [], {}, {}
+    for seed, model_path in models.items():
+        method = build_method(spec, params["model"]).to(device)
+        method.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+        model_hashes[str(seed)] = file_sha256(model_path)
+        for domain in TEST_SETS:
+            test_rows = data.rows(domain, "test")
+            index = test_rows["index"].to_numpy()
+            arrays = data.arrays[domain]
+            probabilities = predict_probabilities(method, arrays["images"][index], device, batch_size,
+                                                  f"{run_name}/seed {seed}/{domain}")
+            for row, probability, truth, boxes in zip(test_rows.itertuples(), probabilities, arrays["masks"][index],
+                                                     arrays["boxes"][index]):
+                prediction = probability > threshold
+                rows.append({
+                    "seed": seed, "image_id": row.image_id, "dataset": domain, "dice": dice(prediction, truth),
+                    "smeasure": smeasure(probability, truth), "mask_area": int(truth.sum()),
+                    "box_area": int(boxes.sum()), "pred_area": int(prediction.sum()),
+                })
+                if seed == spec.seeds[0] and (domain, row.image_id) in examples:
+                    example_maps[(domain, row.image_id)] = np.round(probability * 255).astype(np.uint8)
     per_image = pd.DataFrame(rows)
     metrics = {**summarise(per_image), "resolution": f"prepared ({data.arrays['cbis']['images'].shape[-1]} px)",
+               "threshold": threshold, "evaluated_models": model_hashes,
                "eval_seconds": round(time.perf_counter() - started, 2)}
-    atomic_write_csv(runs_dir / run_name / "per_image.csv", per_image)
-    atomic_write_json(runs_dir / run_name / "metrics.json", metrics)
+    atomic_write_csv(run_dir / "per_image.csv", per_image)
+    atomic_savez(run_dir / "examples.npz", image_ids=np.array([key[1] for key in example_maps]),
+                 datasets=np.array([key[0] for key in example_maps]),
+                 probabilities=np.stack(list(example_maps.values())))
+    atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the outputs complete
     return metrics
 
 
@@ -97,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     metrics = evaluate_run(args.run, load_params(args.params), Path(args.prepared), Path(args.runs))
     print(f"{args.run}: " + ", ".join(f"{d} Dice {m['dice']:.2f} S_m {m['smeasure']:.2f}"
-                                      for d, m in metrics.items() if d in TEST_SETS))
+                                      for d, m in metrics.items() if d in TEST_SETS) + f" (seeds: {len(metrics['per_seed'])})")
 
 
 if __name__ == "__main__":

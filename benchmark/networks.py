@@ -41,7 +41,8 @@ def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
     conv1 = state.get("conv1.weight")
     if conv1 is not None and conv1.shape[1] != IN_CHANNELS:  # RGB filters -> one grey channel, as smp does
         state["conv1.weight"] = conv1.sum(dim=1, keepdim=True)
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    # nn.Module's own method: smp's encoders override load_state_dict and return nothing
+    missing, unexpected = nn.Module.load_state_dict(encoder, state, strict=False)
     if missing or unexpected:
         raise WeightsUnavailableError(f"{path}: not a matching encoder state dict (missing {missing[:5]}, "
                                       f"unexpected {unexpected[:5]}).")

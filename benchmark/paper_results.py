@@ -1,7 +1,8 @@
 """The paper's reported numbers (Xiong et al., ISBI 2024, Tables 1-2), in %, for side-by-side tables.
 
 Keyed by (row name, strong-label percentage). The paper prints "Marco-Micro"; the method
-(Ning et al., MICCAI 2020) is Macro-Micro, which is the name used here.
+(Ning et al., MICCAI 2020) is Macro-Micro, which is the name used here. `paper_row` looks a
+configured run up in either table (Ours at 10% is in both, with the same numbers).
 """
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ TABLES = {
     "Table 1. Quantitative comparison (intra-domain CBIS-DDSM, cross-domain INbreast)": TABLE_1,
     "Table 2. Ablation study and strong-label budget": TABLE_2,
 }
+
+
+STRONG_ONLY = "Strong-Only"  # the paper's row name of the mask-only baseline (reference lines of label_efficiency)
+
+
+def paper_row(row: str, strong_percent: float) -> PaperRow | None:
+    """The paper's numbers for (row name, S in %), or None when the paper has no such row."""
+    for table in TABLES.values():
+        for (name, strong), numbers in table.items():
+            if name == row and abs(strong - strong_percent) < 1e-6:
+                return numbers
+    return None

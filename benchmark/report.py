@@ -1,183 +1,534 @@
-"""DVC stage `report`: render reports/tables.md from the runs' measured metrics.
+"""DVC stage `report`: render reports/tables.md and the report figures from the runs' outputs.
 
-    python -m benchmark.report
+    python -m benchmark.report [--params params.yaml] [--runs runs] [--prepared data/prepared]
+                               [--out reports/tables.md]
 
-Lays out the paper's Table 1 and Table 2 with one row per configured (row name, strong
-fraction), our Dice and S-measure for both test sets beside the paper's numbers, runs of
-several seeds as mean ± std (n), and states which data, network and hardware produced
-them and how long each run took. Runs that match no row of the paper go to a table of
-their own. Every number comes from runs/<run>/metrics.json and train_info.json.
+Every configured run is one (row, S) entry of the tables and holds all its seeds in runs/<run>/:
+metrics.json (per-seed means), per_image.csv, train_info.json (with each seed's provenance),
+train_log.csv and examples.npz. tables.md opens with a summary (data, hardware, time, seeds, the
+code the runs were trained at, which of the paper's claims we agree or disagree with), then the
+paper's Table 1 and Table 2 with our mean ± std over seeds (n) beside the paper's numbers, the
+runs that match no paper row, the paired comparisons of the reference row with every other row,
+the figures (written to figures/ beside tables.md by benchmark/figures.py) and the list of runs.
+Nothing here is random except seeded choices: identical inputs give byte-identical outputs.
 """
 from __future__ import annotations
 
 import argparse
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from benchmark import figures
 from benchmark.artifacts import atomic_write_text, read_json
 from benchmark.config import all_runs, load_params
-from benchmark.paper_results import TABLES
-from benchmark.statistics import bootstrap_ci, wilcoxon_p
+from benchmark.data import PreparedData, load_prepared
+from benchmark.paper_results import STRONG_ONLY, TABLES, PaperRow, paper_row
+from benchmark.statistics import AGREES, DISAGREES, INCONCLUSIVE, bootstrap_ci, claim_verdict, mean_std, wilcoxon_p
 
+DATASETS = {"cbis": "CBIS", "inbreast": "INbreast"}
 METRIC_COLUMNS = [("cbis", "dice"), ("cbis", "smeasure"), ("inbreast", "dice"), ("inbreast", "smeasure")]
-PAPER_FIELDS = ["cbis_dice", "cbis_sm", "inbreast_dice", "inbreast_sm"]
+PAPER_FIELDS = {("cbis", "dice"): "cbis_dice", ("cbis", "smeasure"): "cbis_sm",
+                ("inbreast", "dice"): "inbreast_dice", ("inbreast", "smeasure"): "inbreast_sm"}
+FIGURE_FILES = ["fig1_labels.png", "fig3_predictions.png", "label_efficiency.png", "dice_distributions.png",
+                "training_curves.png"]
+DEFAULT_RESAMPLES = 10000
 
 
-def collect(params: dict[str, Any], runs_dir: Path) -> pd.DataFrame:
-    """One row per configured run with its metrics, label counts and timings."""
-    records = []
+@dataclass
+class RunResult:
+    """One configured run with everything the report reads from runs/<run>/."""
+
+    name: str
+    method: str
+    row: str
+    strong: float  # S, % of training images with a mask
+    weak: float  # W, % with a box only (0 for methods that use no weak labels)
+    seeds: list[str]  # as keys of metrics.json "per_seed", sorted numerically
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+    label: str = ""  # "<row> <S>%", plus the run name when two runs share (row, S)
+    shared: bool = False  # another configured run has the same (row, S)
+
+    @property
+    def display_row(self) -> str:
+        """The row name in tables: with the run name when another run has the same (row, S)."""
+        return f"{self.row} [{self.name}]" if self.shared else self.row
+
+    def values(self, dataset: str, metric: str) -> list[float]:
+        """The metric (%) of every seed."""
+        return [float(self.metrics["per_seed"][seed][dataset][metric]) for seed in self.seeds]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.info["train_seconds"]) + float(self.metrics["eval_seconds"])
+
+    def provenance(self) -> list[dict[str, Any]]:
+        return [(self.info.get("seeds") or {}).get(seed, {}).get("provenance") or {} for seed in self.seeds]
+
+
+def _commit(provenance: dict[str, Any]) -> str | None:
+    """Short hash of the commit a seed was trained at; None when unknown (e.g. not a git checkout)."""
+    commit = str(provenance.get("git_commit") or "")
+    return commit[:10] if re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
+
+
+def _require(payload: dict[str, Any], keys: list[str], path: Path) -> None:
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise KeyError(f"{path}: missing {', '.join(missing)}; it was written by an older stage, "
+                       "run `dvc repro` to re-evaluate.")
+
+
+def _check_evaluated_models(metrics: dict[str, Any], info: dict[str, Any], folder: Path) -> None:
+    """metrics.json must describe the weights train_info.json lists: a run re-trained after its evaluation
+    (or half-way through) would otherwise be reported with another model's numbers."""
+    trained = {seed: entry.get("model_sha256") for seed, entry in info["seeds"].items()}
+    if metrics.get("evaluated_models") != trained:
+        raise ValueError(f"{folder / 'metrics.json'} evaluates other weights than {folder / 'train_info.json'} "
+                         "lists (the run was re-trained after its evaluation); run `dvc repro` to re-evaluate it.")
+
+
+def collect(params: dict[str, Any], runs_dir: Path) -> list[RunResult]:
+    """Every configured run, in params.yaml order."""
+    results = []
     for spec in all_runs(params):
-        metrics = read_json(runs_dir / spec.name / "metrics.json")
-        info = read_json(runs_dir / spec.name / "train_info.json")
-        record = {
-            "run": spec.name, "row": spec.row, "method": spec.method, "seed": spec.seed,
-            "S": spec.strong_percent, "W": round(100 - spec.strong_percent, 2) if info["uses_weak"] else 0.0,
-            "train_seconds": info["train_seconds"], "eval_seconds": metrics["eval_seconds"],
-            "hardware": info["hardware"], "encoder": info["encoder"], "encoder_weights": info["encoder_weights"],
-            "image_size": info["image_size"], "epochs": info["epochs"], "steps_per_epoch": info["steps_per_epoch"],
-            "resolution": metrics["resolution"],
-        }
-        for dataset, metric in METRIC_COLUMNS:
-            record[f"{dataset}_{metric}"] = metrics[dataset][metric]
-        for dataset in ("cbis", "inbreast"):
-            record[f"{dataset}_n"] = metrics[dataset]["n_images"]
-            record[f"{dataset}_empty"] = metrics[dataset]["n_empty_truth"]
-        records.append(record)
-    return pd.DataFrame(records)
+        folder = runs_dir / spec.name
+        metrics, info = read_json(folder / "metrics.json"), read_json(folder / "train_info.json")
+        _require(metrics, ["cbis", "inbreast", "per_seed", "resolution", "eval_seconds"], folder / "metrics.json")
+        _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds"], folder / "train_info.json")
+        _check_evaluated_models(metrics, info, folder)
+        seeds = sorted(metrics["per_seed"], key=lambda seed: (int(seed) if str(seed).isdigit() else 0, str(seed)))
+        if not seeds:
+            raise ValueError(f"{folder / 'metrics.json'}: per_seed is empty")
+        strong = spec.strong_percent
+        results.append(RunResult(
+            name=spec.name, method=spec.method, row=spec.row, strong=strong,
+            weak=round(100 - strong, 2) if info["uses_weak"] else 0.0, seeds=seeds, metrics=metrics, info=info))
+    keys = Counter((result.row, result.strong) for result in results)
+    for result in results:
+        result.shared = keys[(result.row, result.strong)] > 1
+        result.label = f"{result.row} {result.strong:g}%" + (f" [{result.name}]" if result.shared else "")
+    return results
 
 
-def cell(values: pd.Series) -> str:
-    """mean, or mean ± std (n) over seeds."""
-    values = values.dropna()
-    if len(values) == 0:
+def cell(values: list[float]) -> str:
+    """One table cell: the value for one seed, mean ± std (n=k) for several."""
+    if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f}"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n={len(values)})"
+    mean, std, n = mean_std(values)
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f} (n={n})"
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def table_markdown(groups: list[tuple[tuple[str, float], pd.DataFrame]], paper: dict | None) -> str:
+def table_markdown(entries: list[RunResult], paper: dict[tuple[str, float], PaperRow] | None) -> str:
     header = ["Methods", "S", "W"]
     for dataset, metric in METRIC_COLUMNS:
-        name = f"{'CBIS' if dataset == 'cbis' else 'INbreast'} {'Dice' if metric == 'dice' else 'S_m'}"
-        header += [name] + (["paper"] if paper is not None else [])
-    header += ["seeds", "wall time / run"]
+        header += [f"{DATASETS[dataset]} {'Dice' if metric == 'dice' else 'S_m'}"] + (["paper"] if paper else [])
+    header += ["seeds", "time (train + eval, all seeds)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (row, strong), frame in groups:
-        paper_row = paper.get((row, strong)) if paper is not None else None
-        cells = [row, f"{strong:g}%", f"{frame['W'].iloc[0]:g}%"]
-        for (dataset, metric), field in zip(METRIC_COLUMNS, PAPER_FIELDS):
-            cells.append(cell(frame[f"{dataset}_{metric}"]))
-            if paper is not None:
-                cells.append(f"{getattr(paper_row, field):.2f}")
-        cells.append(str(len(frame)))
-        cells.append(_minutes((frame["train_seconds"] + frame["eval_seconds"]).mean()))
+    for result in entries:
+        numbers = paper_row(result.row, result.strong) if paper else None
+        cells = [result.display_row, f"{result.strong:g}%", f"{result.weak:g}%"]
+        for dataset, metric in METRIC_COLUMNS:
+            cells.append(cell(result.values(dataset, metric)))
+            if paper:
+                cells.append(f"{getattr(numbers, PAPER_FIELDS[(dataset, metric)]):.2f}")
+        cells += [str(len(result.seeds)), _minutes(result.seconds)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def per_image_dice(runs: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
-    """Per-image Dice of every (row, S) group, averaged over its seeds: index (dataset, image_id)."""
-    columns = {}
-    for (row, strong), frame in runs.groupby(["row", "S"], sort=False):
-        tables = [pd.read_csv(runs_dir / run / "per_image.csv").set_index(["dataset", "image_id"])["dice"]
-                  for run in frame["run"]]
-        columns[(row, strong)] = pd.concat(tables, axis=1).mean(axis=1)
-    return pd.DataFrame(columns)
+def per_image_dice(runs_dir: Path, result: RunResult) -> pd.DataFrame:
+    """Per-image Dice (0..1) of a run, averaged over its seeds: columns dataset, image_id, dice, n_seeds."""
+    path = runs_dir / result.name / "per_image.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing. Run the stage that writes it (`dvc repro`).")
+    frame = pd.read_csv(path, dtype={"image_id": str, "dataset": str})
+    missing = [column for column in ("seed", "image_id", "dataset", "dice") if column not in frame.columns]
+    if missing:
+        raise KeyError(f"{path}: missing columns {', '.join(missing)}; run `dvc repro` to re-evaluate.")
+    pooled = frame.groupby(["dataset", "image_id"], sort=True)["dice"].agg(["mean", "size"]).reset_index()
+    return pooled.rename(columns={"mean": "dice", "size": "n_seeds"})
 
 
-def comparisons_markdown(runs: pd.DataFrame, runs_dir: Path, reference: tuple[str, float]) -> str:
-    """Reference row against every other row: paired Wilcoxon p and bootstrap 95% CI of the Dice difference."""
-    dice = per_image_dice(runs, runs_dir)
-    if reference not in dice.columns:
-        return ""
-    lines = [f"## Paired comparisons: {reference[0]} ({reference[1]:g}%) against every other row", "",
-             "Per-image Dice on the same test images (seeds averaged per image first); difference = "
-             f"{reference[0]} minus the other row, in Dice points; two-sided Wilcoxon signed-rank test; "
-             "bootstrap 95% CI (10,000 resamples of images).", "",
-             "| other row | S | test set | images | mean difference | 95% CI | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|"]
-    for other in dice.columns:
-        if other == reference:
+@dataclass
+class Comparison:
+    """Reference run minus another run on one test set, in Dice points."""
+
+    other: RunResult
+    dataset: str
+    n_images: int
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    paper_difference: float | None
+    verdict: str | None
+
+
+def compare(reference: RunResult, results: list[RunResult], dice: dict[str, pd.DataFrame],
+            n_resamples: int = DEFAULT_RESAMPLES) -> list[Comparison]:
+    """Paired Wilcoxon p and bootstrap 95% CI of (reference - other) per-image Dice, every other run, both test sets."""
+    paper_reference = paper_row(reference.row, reference.strong)
+    comparisons = []
+    for other in results:
+        if other is reference:
             continue
-        for dataset in ("cbis", "inbreast"):
-            pair = dice.loc[dataset, [reference, other]].dropna()
-            difference = 100 * (pair[reference] - pair[other]).to_numpy()
-            low, high = bootstrap_ci(difference)
-            p_value = wilcoxon_p(pair[reference].to_numpy(), pair[other].to_numpy())
-            lines.append(f"| {other[0]} | {other[1]:g}% | {'CBIS' if dataset == 'cbis' else 'INbreast'} | "
-                         f"{len(pair)} | {difference.mean():+.2f} | [{low:+.2f}, {high:+.2f}] | {p_value:.3g} |")
-    return "\n".join(lines) + "\n"
+        paper_other = paper_row(other.row, other.strong)
+        for dataset in DATASETS:
+            ours = dice[reference.name][dice[reference.name]["dataset"] == dataset].set_index("image_id")["dice"]
+            theirs = dice[other.name][dice[other.name]["dataset"] == dataset].set_index("image_id")["dice"]
+            common = ours.index.intersection(theirs.index).sort_values()
+            if len(common) == 0:
+                continue
+            a, b = ours.loc[common].to_numpy(), theirs.loc[common].to_numpy()
+            difference = 100 * (a - b)
+            low, high = bootstrap_ci(difference, n_resamples=n_resamples)
+            paper_difference = verdict = None
+            if paper_reference is not None and paper_other is not None:
+                field = PAPER_FIELDS[(dataset, "dice")]
+                paper_difference = round(getattr(paper_reference, field) - getattr(paper_other, field), 2)
+                verdict = claim_verdict(paper_difference, low, high)
+            comparisons.append(Comparison(other, dataset, len(common), float(difference.mean()), low, high,
+                                          wilcoxon_p(a, b), paper_difference, verdict))
+    return comparisons
 
 
-def render(params: dict[str, Any], runs: pd.DataFrame, prepare_report: dict[str, Any],
-           comparisons: str = "") -> str:
+def comparisons_markdown(reference: RunResult, comparisons: list[Comparison], n_resamples: int) -> str:
+    seeds = sorted({len(c.other.seeds) for c in comparisons} | {len(reference.seeds)})
+    lines = [f"## Paired comparisons: {reference.label} against every other run", "",
+             f"Per-image Dice on the same test images, each run's seeds averaged per image first "
+             f"({'/'.join(map(str, seeds))} seeds per run); difference = {reference.label} minus the other run, in "
+             f"Dice points; two-sided Wilcoxon signed-rank test; bootstrap 95% CI ({n_resamples:,} resamples of "
+             "images, seeded). *paper*: the same difference in the paper's tables; *claim*: whether our CI lies on "
+             "the paper's side of 0 (see the summary). The CIs reflect test-image sampling only and are not "
+             "adjusted for the number of comparisons.", "",
+             "| other run | S | test set | images | mean difference | 95% CI | Wilcoxon p | paper | claim |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        paper = "–" if c.paper_difference is None else f"{c.paper_difference:+.2f}"
+        lines.append(f"| {c.other.display_row} | {c.other.strong:g}% | {DATASETS[c.dataset]} | {c.n_images} | "
+                     f"{c.mean:+.2f} | [{c.low:+.2f}, {c.high:+.2f}] | {c.p_value:.3g} | {paper} | "
+                     f"{c.verdict or '–'} |")
+    return "\n".join(lines)
+
+
+def claims_lines(reference: RunResult | None, comparisons: list[Comparison],
+                 reference_key: tuple[str, float]) -> list[str]:
+    """The summary's verdicts on the paper's claims, with the rule they follow."""
+    name = f"{reference_key[0]} {reference_key[1]:g}%"
+    rule = (f"a *claim* is the sign of the paper's Dice difference between {name} and another row of its "
+            "Table 1 or 2, on CBIS-DDSM and on INbreast separately; our run **agrees** when the paired bootstrap "
+            "95% CI of the same difference (our per-image Dice, same test images, seeds averaged per image) lies "
+            "entirely on the paper's side of 0, **disagrees** when it lies entirely on the other side, and is "
+            "**inconclusive** when it contains 0.")
+    if reference is None:
+        return [f"- **Paper's claims:** not assessed: the reference run {name} (params `report.reference_row`, "
+                "`report.reference_strong`) is not configured. Rule: " + rule]
+    judged = [c for c in comparisons if c.verdict is not None]
+    if not judged:
+        return ["- **Paper's claims:** none assessable: no other configured run has a number in the paper's "
+                "tables. Rule: " + rule]
+    lines = [f"- **Paper's claims** ({len(judged)}): " + ", ".join(
+        f"{sum(c.verdict == v for c in judged)} {v}" for v in (AGREES, DISAGREES, INCONCLUSIVE)) + ". Rule: " + rule]
+    for verdict in (AGREES, DISAGREES, INCONCLUSIVE):
+        chosen = [c for c in judged if c.verdict == verdict]
+        if not chosen:
+            continue
+        grouped: dict[str, list[str]] = {}
+        for c in chosen:
+            grouped.setdefault(c.other.label, []).append(
+                f"{DATASETS[c.dataset]} {c.mean:+.1f} vs paper {c.paper_difference:+.1f}")
+        items = "; ".join(f"{label} ({', '.join(parts)})" for label, parts in grouped.items())
+        lines.append(f"  - *{verdict.capitalize()}* ({len(chosen)}): {name} minus {items}.")
+    return lines
+
+
+def thresholds(results: list[RunResult]) -> list[float]:
+    """The probability thresholds the runs were evaluated at (metrics.json; 0.5 where not recorded)."""
+    return sorted({float(result.metrics.get("threshold", 0.5)) for result in results})
+
+
+def _seeds_line(results: list[RunResult]) -> str:
+    sets = Counter(tuple(result.seeds) for result in results)
+    if len(sets) == 1:
+        (seeds, _), = sets.items()
+        if len(seeds) == 1:
+            return (f"- **Seeds:** one seed ({seeds[0]}) per run: every cell is a single value, no spread over seeds "
+                    "is shown; the paired CIs reflect test-image sampling only.")
+        return (f"- **Seeds:** {len(seeds)} per run ({', '.join(seeds)}): every cell is mean ± std over seeds "
+                f"(std with ddof=1, n = number of seeds).")
+    listed = "; ".join(f"{', '.join(seeds)} ({count} runs)" for seeds, count in sorted(sets.items()))
+    return f"- **Seeds:** differ between runs: {listed}. Cells are mean ± std (n) over each run's seeds."
+
+
+def _code_line(results: list[RunResult]) -> str:
+    """Which commit(s) trained the runs and whether the working tree was dirty, from every seed's provenance."""
+    commits: dict[str, set[str]] = {}
+    dirty, unknown, unknown_state, trainings = [], [], [], 0
+    for result in results:
+        for seed, provenance in zip(result.seeds, result.provenance()):
+            trainings += 1
+            commit = _commit(provenance)
+            if commit is None:
+                unknown.append(f"{result.name} (seed {seed})")
+                continue
+            commits.setdefault(commit, set()).add(result.name)
+            if provenance.get("git_dirty") is None:
+                unknown_state.append(f"{result.name} (seed {seed})")
+            elif provenance.get("git_dirty"):
+                dirty.append(f"{result.name} (seed {seed})")
+    if not commits:
+        return "- **Code:** unknown (no git provenance in train_info.json)."
+    if len(commits) == 1:
+        text = f"- **Code:** every training ran at commit `{next(iter(commits))}`"
+    else:
+        text = "- **Code:** trainings ran at " + ", ".join(
+            f"`{commit}` ({len(runs)} runs)" for commit, runs in sorted(commits.items()))
+    if dirty:
+        text += f"; working tree **dirty** in {len(dirty)} of {trainings} trainings: {', '.join(dirty)}"
+    else:
+        text += "; working tree clean in every training" + (" whose state is known" if unknown_state else "")
+    if unknown_state:
+        text += f"; working-tree state unknown for {', '.join(unknown_state)}"
+    if unknown:
+        text += f"; commit unknown for {', '.join(unknown)}"
+    return text + "."
+
+
+def _software_line(results: list[RunResult]) -> str | None:
+    versions: dict[str, set[str]] = {}
+    for result in results:
+        for provenance in result.provenance():
+            for package, version in (provenance.get("packages") or {}).items():
+                versions.setdefault(str(package), set()).add(str(version))
+    if not versions:
+        return None
+    same = [f"{package} {next(iter(v))}" for package, v in sorted(versions.items()) if len(v) == 1]
+    differ = [f"{package} ({', '.join(sorted(v))})" for package, v in sorted(versions.items()) if len(v) > 1]
+    return "- **Software:** " + ", ".join(same) + (f"; versions differ between trainings: {', '.join(differ)}"
+                                                   if differ else "") + "."
+
+
+def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any],
+                  claims: list[str]) -> list[str]:
     domains = prepare_report.get("domains", {})
-    source = params["data"].get("source", "synthetic")
+    source = params["data"].get("source", prepare_report.get("source", "synthetic"))
     data_line = (
         "the **synthetic stand-in** (procedural CBIS-like and INbreast-like mammograms, benchmark/synthetic.py), "
         "not the real datasets: compare orderings, not absolute values, with the paper"
         if source == "synthetic" else "the real **CBIS-DDSM** (intra-domain) and **INbreast** (cross-domain) datasets"
     )
     cbis, inbreast = domains.get("cbis", {}), domains.get("inbreast", {})
-    weights = runs["encoder_weights"].iloc[0] or "random initialisation"
-    hardware = "; ".join(sorted(runs["hardware"].unique()))
-    total = (runs["train_seconds"] + runs["eval_seconds"]).sum()
-    seeds = sorted(runs["seed"].unique())
-    empty = int(runs["cbis_empty"].max() + runs["inbreast_empty"].max())
+    first = results[0].info
+    weights = first.get("encoder_weights") or "random initialisation"
+    hardware = "; ".join(sorted({str(result.info["hardware"]) for result in results}))
+    precision = sorted({str(result.info["precision"]) for result in results if result.info.get("precision")})
+    total = sum(result.seconds for result in results)
+    trainings = sum(len(result.seeds) for result in results)
+    empty = max(int(result.metrics[d].get("n_empty_truth", 0)) for result in results for d in DATASETS)
     lines = [
-        "# Results: hybrid-supervised mammogram mass segmentation",
-        "",
-        "Generated by `dvc repro` (stage `report`); do not edit by hand.",
+        "## Summary",
         "",
         f"- **Data:** {data_line}. CBIS: {cbis.get('train', '?')} train / {cbis.get('test', '?')} test images; "
-        f"INbreast: {inbreast.get('test', '?')} test images; prepared at {runs['image_size'].iloc[0]} x "
-        f"{runs['image_size'].iloc[0]} px.",
-        f"- **Network:** U-Net with a {runs['encoder'].iloc[0]} encoder ({weights}); "
-        f"{runs['epochs'].iloc[0]} epochs x {runs['steps_per_epoch'].iloc[0]} steps. "
-        "The paper: ResNet-34, ImageNet weights, 50 epochs, 352 x 352 px.",
-        f"- **Hardware:** {hardware}. **Total wall time** of the {len(runs)} runs (train + evaluate): "
-        f"{_minutes(total)}.",
-        f"- **Seeds:** {', '.join(map(str, seeds))}; "
-        + ("one seed per row, so no spread is shown." if runs.groupby(["row", "S"]).size().max() == 1
-           else "cells are mean ± std over seeds (n)."),
+        f"INbreast: {inbreast.get('test', '?')} test images; prepared at {first.get('image_size', '?')} x "
+        f"{first.get('image_size', '?')} px.",
+        f"- **Network:** U-Net with a {first['encoder']} encoder ({weights}); {first.get('epochs', '?')} epochs x "
+        f"{first.get('steps_per_epoch', '?')} steps, batch {first.get('batch_size', '?')}"
+        + (f", {'/'.join(precision)} precision" if precision else "")
+        + ". The paper: ResNet-34, ImageNet weights, 50 epochs, 352 x 352 px.",
+        f"- **Hardware:** {hardware}. **Total time** of the {len(results)} runs ({trainings} trainings, train + "
+        f"evaluate): {_minutes(total)}.",
+        _seeds_line(results),
+        _code_line(results),
+    ]
+    software = _software_line(results)
+    if software:
+        lines.append(software)
+    lines += [
         f"- **Evaluation:** Dice and S-measure (alpha 0.5, pysodmetrics) in %, per image then averaged, at the "
-        f"{runs['resolution'].iloc[0]} resolution, threshold 0.5 on the final-epoch weights. Images with an empty "
-        f"ground truth: {empty} (rule: both empty = Dice 1).",
+        f"{results[0].metrics['resolution']} resolution, threshold {'/'.join(f'{t:g}' for t in thresholds(results))} "
+        f"on the final-epoch weights. Test images with an empty ground truth: {empty}"
+        + (" (rule: both empty = Dice 1, counted in the mean)." if empty else "."),
+        *claims,
         "",
     ]
-    used = set()
-    for title, paper in TABLES.items():
-        groups = [(key, runs[(runs["row"] == key[0]) & np.isclose(runs["S"], key[1])]) for key in paper]
-        present = [(key, frame) for key, frame in groups if len(frame)]
-        if not present:
+    return lines
+
+
+def _figure_inputs_per_image(results: list[RunResult], dice: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    frames = [dice[result.name].assign(label=result.label, dice=100 * dice[result.name]["dice"]) for result in results]
+    return pd.concat(frames, ignore_index=True)[["label", "dataset", "dice"]]
+
+
+def _efficiency_inputs(results: list[RunResult], row: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    points, references, seen = [], [], set()
+    for result in results:
+        for dataset in DATASETS:
+            mean, std, n = mean_std(result.values(dataset, "dice"))
+            if result.row == row and (result.strong, dataset) not in seen:
+                seen.add((result.strong, dataset))  # two runs of one (row, S): the first configured is drawn
+                points.append({"S": result.strong, "dataset": dataset, "mean": mean, "std": std, "n": n})
+            elif result.row == STRONG_ONLY:
+                references.append({"label": result.label, "dataset": dataset, "mean": mean, "std": std, "n": n})
+    columns = (["S", "dataset", "mean", "std", "n"], ["label", "dataset", "mean", "std", "n"])
+    return pd.DataFrame(points, columns=columns[0]), pd.DataFrame(references, columns=columns[1])
+
+
+def _training_curves(results: list[RunResult], runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    frames, missing = [], []
+    for result in results:
+        path = runs_dir / result.name / "train_log.csv"
+        if not path.is_file():
+            missing.append(result.name)
             continue
-        used.update(run for _, frame in present for run in frame["run"])
-        lines += [f"## {title}", "", "Ours beside the paper's number for each metric (%).", "",
-                  table_markdown(present, paper), ""]
-        missing = [f"{row} ({strong:g}%)" for (row, strong), frame in groups if not len(frame)]
+        log = pd.read_csv(path)
+        if "seed" not in log:
+            log["seed"] = 0
+        grouped = log.groupby("epoch", sort=True)["total"]
+        curve = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0), "n": grouped.size()})
+        frames.append(curve.reset_index().assign(label=result.label))
+    columns = ["label", "epoch", "mean", "std", "n"]
+    return (pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)), missing
+
+
+def _examples(results: list[RunResult], runs_dir: Path) -> tuple[list[tuple[str, dict[str, np.ndarray]]], list[str]]:
+    examples, missing = [], []
+    for result in results:
+        path = runs_dir / result.name / "examples.npz"
+        if not path.is_file():
+            missing.append(result.name)
+            continue
+        with np.load(path, allow_pickle=False) as npz:
+            title = f"{result.display_row}\n{result.strong:g}%"  # row and S on two lines: narrow columns
+            examples.append((title, {key: npz[key] for key in ("image_ids", "datasets", "probabilities")}))
+    return examples, missing
+
+
+def draw_figures(params: dict[str, Any], results: list[RunResult], dice: dict[str, pd.DataFrame],
+                 data: PreparedData, runs_dir: Path, figures_dir: Path) -> list[str]:
+    """Draw every report figure (a placeholder that says why when its inputs are missing); tables.md lines."""
+    report_params = params.get("report") or {}
+    seed = int(report_params.get("figure_seed", 0))
+    row = str(report_params.get("reference_row", "Ours"))
+    threshold = thresholds(results)[0]
+    order = [result.label for result in results]
+    examples, no_examples = _examples(results, runs_dir)
+    curves, no_log = _training_curves(results, runs_dir)
+    points, references = _efficiency_inputs(results, row)
+
+    def fig1(path: Path) -> str:
+        image_id = figures.labels_figure(data, path, seed=seed)
+        return (f"the paper's Fig. 1 for training image {image_id} (seeded choice): whole image with the mass "
+                "marked, the magnified mass, its strong label (mask), weak label (box) and reversed weak label "
+                "(1 - box, the auxiliary branch's target).")
+
+    def fig3(path: Path) -> str:
+        n_rows = figures.predictions_figure(data, examples, path, threshold=threshold)
+        text = (f"the paper's Fig. 3: {n_rows} example test images (rows, both test sets) x {len(examples)} runs "
+                "(columns, first seed's model), zoomed on the mass; ground truth blue, prediction red, Dice (%) in "
+                "the corner.")
+        return text + (f" No examples.npz for: {', '.join(no_examples)}." if no_examples else "")
+
+    def efficiency(path: Path) -> str:
+        figures.label_efficiency_figure(points, references, path, row)
+        strong = ", ".join(f"{s:g}%" for s in sorted(points["S"].unique()))
+        lines = ", ".join(sorted(references["label"].unique())) or f"none ({STRONG_ONLY} not configured)"
+        return (f"CBIS and INbreast Dice of the {row} runs against the strong-label fraction ({strong}), error bars "
+                f"± std over seeds; horizontal reference lines: {lines}.")
+
+    def distributions(path: Path) -> str:
+        figures.dice_distributions_figure(_figure_inputs_per_image(results, dice), order, path, seed=seed)
+        return "per-image Dice of every run (seeds averaged per image), intra-domain and cross-domain panels."
+
+    def training(path: Path) -> str:
+        figures.training_curves_figure(curves, order, path)
+        return ("total training loss per epoch of every run, mean over seeds, absolute and relative to epoch 1."
+                + (f" No train_log.csv for: {', '.join(no_log)}." if no_log else ""))
+
+    drawers: dict[str, Callable[[Path], str]] = dict(zip(
+        FIGURE_FILES, (fig1, fig3, efficiency, distributions, training)))
+    lines = ["## Figures", ""]
+    for name, draw in drawers.items():
+        path = figures_dir / name
+        try:
+            text = draw(path)
+        except figures.FigureSkipped as skipped:
+            figures.placeholder_figure(path, name, str(skipped))
+            text = f"not drawn: {skipped} (the file is a placeholder that says so)."
+        lines.append(f"- [{name}](figures/{name}): {text}")
+    return lines + [""]
+
+
+def runs_lines(results: list[RunResult]) -> list[str]:
+    lines = ["## Runs", "", "| run | method | S | seeds | train (all seeds) | evaluate | commit | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        commits = []
+        for provenance in result.provenance():
+            commit = f"`{_commit(provenance) or 'unknown'}`" + (" (dirty)" if provenance.get("git_dirty") else "")
+            if commit not in commits:
+                commits.append(commit)
+        seeds_info = result.info.get("seeds") or {}
+        resumed = [f"seed {seed} resumed from epoch {seeds_info[seed]['resumed_from_epoch']}"
+                   for seed in result.seeds if int((seeds_info.get(seed) or {}).get("resumed_from_epoch") or 0) > 0]
+        lines.append(f"| {result.name} | {result.method} | {result.strong:g}% | {', '.join(result.seeds)} | "
+                     f"{float(result.info['train_seconds']):.0f} s | {float(result.metrics['eval_seconds']):.0f} s | "
+                     f"{', '.join(commits)} | {'; '.join(resumed)} |")
+    return lines
+
+
+def render(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any], runs_dir: Path,
+           data: PreparedData, figures_dir: Path) -> str:
+    """The whole of tables.md; draws the figures into figures_dir on the way."""
+    report_params = params.get("report") or {}
+    reference_key = (str(report_params.get("reference_row", "Ours")), float(report_params.get("reference_strong", 10)))
+    n_resamples = int(report_params.get("bootstrap_resamples", DEFAULT_RESAMPLES))
+    dice = {result.name: per_image_dice(runs_dir, result) for result in results}
+    reference = next((r for r in results if r.row == reference_key[0] and np.isclose(r.strong, reference_key[1])),
+                     None)
+    comparisons = compare(reference, results, dice, n_resamples) if reference is not None else []
+
+    spread = ("One seed per run: single values, no spread." if all(len(result.seeds) == 1 for result in results)
+              else "Cells: mean ± std over seeds (n = number of seeds).")
+    caption = "Our numbers beside the paper's for each metric (%). " + spread
+    lines = ["# Results: hybrid-supervised mammogram mass segmentation", "",
+             "Generated by `dvc repro` (stage `report`); do not edit by hand.", ""]
+    lines += summary_lines(params, results, prepare_report, claims_lines(reference, comparisons, reference_key))
+    used: set[str] = set()
+    for title, paper in TABLES.items():
+        entries = [r for key in paper for r in results if r.row == key[0] and np.isclose(r.strong, key[1])]
+        if not entries:
+            continue
+        used.update(r.name for r in entries)
+        lines += [f"## {title}", "", caption, "", table_markdown(entries, paper), ""]
+        missing = [f"{row} ({strong:g}%)" for row, strong in paper
+                   if not any(r.row == row and np.isclose(r.strong, strong) for r in results)]
         if missing:
             lines += [f"Paper rows not configured in params.yaml: {', '.join(missing)}.", ""]
-    others = runs[~runs["run"].isin(used)]
-    if len(others):
-        groups = [((row, strong), frame) for (row, strong), frame in others.groupby(["row", "S"], sort=False)]
-        lines += ["## Other runs", "", "Configured runs that match no row of the paper's tables.", "",
-                  table_markdown(groups, None), ""]
-    if comparisons:
-        lines += [comparisons]
-    lines += ["Training cost of each method (step time relative to Strong-Only, one process): "
-              "[method_cost.md](method_cost.md).", ""]
-    lines += ["## Runs", "", "| run | method | S | seed | train | evaluate |", "|---|---|---|---|---|---|"]
-    for record in runs.itertuples():
-        lines.append(f"| {record.run} | {record.method} | {record.S:g}% | {record.seed} | "
-                     f"{record.train_seconds:.0f} s | {record.eval_seconds:.0f} s |")
+    others = [r for r in results if r.name not in used]
+    if others:
+        lines += ["## Other runs", "", "Configured runs that match no row of the paper's tables (%). " + spread, "",
+                  table_markdown(others, None), ""]
+    if reference is None:
+        lines += ["## Paired comparisons", "", f"Not computed: the reference run {reference_key[0]} "
+                  f"{reference_key[1]:g}% (params `report.reference_row`, `report.reference_strong`) is not "
+                  "configured.", ""]
+    elif comparisons:
+        lines += [comparisons_markdown(reference, comparisons, n_resamples), ""]
+    lines += draw_figures(params, results, dice, data, runs_dir, figures_dir)
+    lines += ["Training speed of each method (images/s, loop efficiency, cost relative to Strong-Only, one "
+              "process): [performance.md](performance.md).", ""]
+    lines += runs_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -186,18 +537,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--out", default="reports/tables.md")
+    parser.add_argument("--out", default="reports/tables.md", help="tables.md; figures go to figures/ beside it")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    runs = collect(params, Path(args.runs))
-    if runs.empty:
+    runs_dir, prepared, out = Path(args.runs), Path(args.prepared), Path(args.out)
+    try:
+        results = collect(params, runs_dir)
+    except (FileNotFoundError, KeyError, ValueError) as error:  # an unfinished or stale run: say which
+        raise SystemExit(f"report: {error}") from error
+    if not results:
         raise SystemExit("params.yaml configures no runs; nothing to report.")
-    report_params = params.get("report") or {}
-    reference = (str(report_params.get("reference_row", "Ours")), float(report_params.get("reference_strong", 10)))
-    comparisons = comparisons_markdown(runs, Path(args.runs), reference)
-    text = render(params, runs, read_json(Path(args.prepared) / "prepare_report.json"), comparisons)
-    atomic_write_text(args.out, text)
-    print(f"wrote {args.out} ({len(runs)} runs)")
+    text = render(params, results, read_json(prepared / "prepare_report.json"), runs_dir, load_prepared(prepared),
+                  out.parent / "figures")
+    atomic_write_text(out, text)
+    print(f"wrote {out} and {len(FIGURE_FILES)} figures in {out.parent / 'figures'} ({len(results)} runs)")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,15 @@ class BatchSampler:
         self.flip_enabled = torch.tensor([training_set.hflip, training_set.vflip])
         self.n_used = len(strong) + len(weak)
 
+    def state_dict(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Where the sampler is in its random sequence, so a resumed run draws the batches it would have."""
+        return {"generator": self.generator.get_state(), "orders": [pool.order.clone() for pool in self.pools]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        for pool, order in zip(self.pools, state["orders"]):
+            pool.order = order.clone()
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         strong_pool, weak_pool = self.pools
         parts = []

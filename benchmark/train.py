@@ -1,37 +1,56 @@
-"""DVC stage `train@<run>`: train one configured run and save its final weights.
+"""DVC stage `train@<run>`: train one configured run, once per seed, and save the final weights.
 
     python -m benchmark.train <run-name> [--params params.yaml] [--prepared data/prepared] [--out runs]
 
 The trainer knows no method by name: it builds `methods/<method>.py` through the
 registry, feeds it batches composed for the method's label kinds, and minimises the
 sum of the loss terms it returns, with the protocol of params.yaml `train` (Adam, poly
-decay per epoch, flips). Outputs in runs/<run>/: model.pt (state dict, final epoch —
-the paper protocol has no validation split), train_log.csv (one row per epoch, a DVC
-plot) and train_info.json (timing, device, label counts).
+decay per epoch, flips), in the configured precision and memory format.
+
+Interruptions: every epoch ends with a checkpoint (weights, optimizer, RNG and sampler
+states, the method's own training state, the log so far) in `train.checkpoint_dir`, which
+DVC neither tracks nor deletes. Re-running the stage resumes each seed from its last
+complete epoch, but only when the checkpoint's fingerprint (configuration, prepared data,
+code, torch version) equals the run's; otherwise it starts over and says why. The
+checkpoints are removed once every seed's outputs are written.
+
+Outputs in runs/<run>/, each written under a temporary name and renamed: models/seed_<s>.pt
+(state dict of the final epoch — the paper protocol has no validation split), train_log.csv
+(one row per seed and epoch, a DVC plot) and, last, train_info.json (timing, label counts,
+provenance), whose presence marks the stage's outputs complete.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
+import random
+import shutil
+import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.artifacts import atomic_torch_save, atomic_write_csv, atomic_write_json
+from benchmark.artifacts import atomic_torch_save, atomic_write_csv, atomic_write_json, file_sha256
 from benchmark.config import ConfigError, RunSpec, load_params, run_spec
 from benchmark.data import PreparedData, load_prepared
-from benchmark.runtime import configure_threads, hardware_description, pick_device, seed_everything
+from benchmark.runtime import (autocast, configure_determinism, configure_threads, git_state, hardware_description,
+                               now_iso, package_versions, pick_device, resolve_precision, seed_everything)
 from benchmark.sampling import BatchSampler, TrainingSet
 from methods import SegmentationMethod, TrainContext, get_method
 
+CHECKPOINT_NAME = "last.pt"
+
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the run stops before anything is saved."""
+    """A loss term became NaN or infinite; the run stops before any output is written."""
 
 
 def build_method(spec: RunSpec, model_params: dict[str, Any]) -> SegmentationMethod:
@@ -69,82 +88,261 @@ def steps_per_epoch(mode: str, n_train: int, n_used: int, batch_size: int) -> in
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     if name != "adam":
         raise ConfigError(f"params.yaml: train.optimizer {name!r} is not supported (the paper uses 'adam').")
-    return torch.optim.Adam(parameters, lr=lr)
+    # the fused kernel is the same Adam update in one pass over the parameters: 4x faster than the
+    # default multi-tensor one on a CPU (measured 7.6 vs 30.6 ms for 12.5 M parameters), also on CUDA
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
 
 
-def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
-              show_progress: bool = True) -> dict[str, Any]:
+# -- the training step, shared with the speed benchmark ------------------------------------------------
+@dataclass
+class Numerics:
+    """How the network runs on the device: precision ('fp32'|'bf16') and memory format."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    @classmethod
+    def from_params(cls, train_params: dict[str, Any], device: torch.device) -> "Numerics":
+        try:
+            precision = resolve_precision(str(train_params.get("precision", "auto")), device)
+        except ValueError as error:
+            raise ConfigError(f"params.yaml: {error}") from error
+        return cls(device, precision, bool(train_params.get("channels_last", False)))
+
+    def prepare(self, method: SegmentationMethod) -> SegmentationMethod:
+        method = method.to(self.device)
+        return method.to(memory_format=torch.channels_last) if self.channels_last else method
+
+
+def optimisation_step(method: SegmentationMethod, batch, optimizer: torch.optim.Optimizer,
+                      numerics: Numerics) -> dict[str, torch.Tensor]:
+    """One step as the trainer runs it: forward (autocast), summed loss, backward, optimizer step.
+
+    Returns the detached loss terms and their `total` (float32, still on the device: no sync)."""
+    if numerics.channels_last:
+        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+    with autocast(numerics.device, numerics.precision):
+        terms = method.training_step(batch)
+    terms = {name: value.float() for name, value in terms.items()}  # losses summed in float32
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {**{name: value.detach() for name, value in terms.items()}, "total": total.detach()}
+
+
+def loop_step(method: SegmentationMethod, training_set: TrainingSet, sampler: BatchSampler,
+              optimizer: torch.optim.Optimizer, numerics: Numerics, global_step: int, history: list[torch.Tensor],
+              progress: tqdm) -> list[str]:
+    """Everything the training loop does per step: draw and augment a batch on the device, the optimisation
+    step, the method's per-step hook, and the logging (loss values stay on the device); returns term names."""
+    losses = optimisation_step(method, training_set.batch(*sampler.next()), optimizer, numerics)
+    method.after_optimizer_step(global_step)
+    history.append(torch.stack(list(losses.values())))
+    progress.update(1)
+    return list(losses)
+
+
+def check_finite(run: str, seed: int, epoch: int, names: list[str], values: torch.Tensor) -> None:
+    """values: (steps, terms) of one epoch; checked once per epoch so the GPU never waits per step."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        step, term = (int(i) for i in torch.nonzero(bad)[0])
+        raise NonFiniteLossError(
+            f"run {run} (seed {seed}): loss term '{names[term]}' is {values[step, term].item()} at epoch {epoch}, "
+            f"step {step + 1} of {len(values)}. Training stopped; no weights or metrics were written for this run "
+            "(lower train.lr, or check the method's loss for a division by zero).")
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------
+def _sha256_json(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
+
+    The code is every loaded module of the `benchmark` and `methods` packages: what the run executes."""
+    train_params = {key: value for key, value in params["train"].items() if key != "checkpoint_dir"}
+    get_method(spec.method)  # imports the method's module, so its file is among the code below
+    code_files = {name: Path(module.__file__) for name, module in list(sys.modules.items())
+                  if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
+    return {
+        "config": _sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
+                              "strong_fraction": spec.strong_fraction, "options": spec.options}),
+        "data": _sha256_json({path.name: file_sha256(path) for path in sorted(prepared_dir.iterdir())
+                              if path.is_file()}),
+        "code": _sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
+        "torch": str(torch.__version__),
+    }
+
+
+def checkpoint_dir(params: dict[str, Any], spec: RunSpec, seed: int) -> Path:
+    return Path(params["train"].get("checkpoint_dir", "checkpoints")).expanduser() / spec.name / f"seed_{seed}"
+
+
+def load_compatible_checkpoint(path: Path, fingerprint: dict[str, str], device: torch.device,
+                               say=print) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written by this exact configuration, else None (and why)."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a truncated file cannot exist (atomic writes), but a foreign one might
+        say(f"{path}: unreadable checkpoint ({type(error).__name__}: {error}); starting from scratch.")
+        return None
+    differs = [key for key, value in fingerprint.items() if checkpoint.get("fingerprint", {}).get(key) != value]
+    if differs:
+        say(f"{path}: written for a different {', '.join(differs)}; not resuming from it, starting from scratch.")
+        return None
+    return checkpoint
+
+
+def _rng_states() -> dict[str, Any]:
+    """Every global random stream a method may draw from (dropout, MC sampling), in torch.load-safe types."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+              "numpy": [torch.as_tensor(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    random.setstate((3, tuple(states["python"]), None))
+    keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+# -- one seed -----------------------------------------------------------------------------------------------
+@dataclass
+class SeedResult:
+    state_dict: dict[str, torch.Tensor]
+    log_rows: list[dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
+               show_progress: bool = True) -> SeedResult:
     train_params, model_params = params["train"], params["model"]
-    started = time.time()
-    threads = configure_threads(int(train_params.get("num_threads", 0)))
+    started_at, started = now_iso(), time.perf_counter()
     device = pick_device(train_params.get("device", "auto"))
-    seed_everything(spec.seed)
+    deterministic = configure_determinism(train_params.get("deterministic", "auto"), device)
+    numerics = Numerics.from_params(train_params, device)
+    seed_everything(seed)
 
-    data = load_prepared(prepared_dir)
-    method = build_method(spec, model_params).to(device)
+    method = numerics.prepare(build_method(spec, model_params))
     training_set = training_set_for(data, spec, train_params, device)
-    batch_size = int(train_params["batch_size"])
-    sampler = BatchSampler(training_set, batch_size, float(train_params["strong_share"]), method.uses_strong,
-                           method.uses_weak, seed=spec.seed)
+    batch_size, strong_share = int(train_params["batch_size"]), float(train_params["strong_share"])
+    sampler = BatchSampler(training_set, batch_size, strong_share, method.uses_strong, method.uses_weak, seed=seed)
     epochs = int(train_params["epochs"])
     n_steps = steps_per_epoch(train_params["steps_per_epoch"], len(training_set), sampler.n_used, batch_size)
-
     method.on_train_start(TrainContext(
         training_set=training_set,
-        make_sampler=lambda strong, weak, seed: BatchSampler(training_set, batch_size, float(train_params["strong_share"]),
-                                                             strong, weak, seed),
-        train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=spec.seed,
+        make_sampler=lambda strong, weak, sub_seed: BatchSampler(training_set, batch_size, strong_share, strong, weak,
+                                                                 sub_seed),
+        train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=seed,
     ))
     # created after the hook, so parameters a method froze there are not optimised
     optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],
                                float(train_params["lr"]))
-    log_rows = []
-    progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name}", unit="step", disable=not show_progress)
+    if train_params.get("compile", False):
+        for child in method.children():  # in place: state_dict keys stay those of the plain modules
+            child.compile()
+
+    checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
+    first_epoch, log_rows, seconds_before = 0, [], 0.0
+    progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
+                    disable=not show_progress)
+    checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
+    if checkpoint is not None:
+        method.load_state_dict(checkpoint["model"])
+        method.load_training_state(checkpoint["method_state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        sampler.load_state_dict(checkpoint["sampler"])
+        _restore_rng_states(checkpoint["rng"])
+        first_epoch, log_rows = int(checkpoint["epoch"]), list(checkpoint["log_rows"])
+        seconds_before = float(checkpoint["train_seconds"])
+        progress.update(first_epoch * n_steps)
+        progress.write(f"{spec.name} seed {seed}: resumed after epoch {first_epoch} of {epochs} from {checkpoint_path}")
+
     method.train()
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         lr = poly_lr(float(train_params["lr"]), epoch, epochs, float(train_params["poly_power"]))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        epoch_start, sums = time.perf_counter(), defaultdict(float)
+        epoch_start, history, names = time.perf_counter(), [], None
         for step in range(n_steps):
-            batch = training_set.batch(*sampler.next())
-            terms = method.training_step(batch)
-            total = sum(terms.values())
-            for name, value in {**terms, "total": total}.items():
-                if not torch.isfinite(value):
-                    raise NonFiniteLossError(f"run {spec.name}: loss term '{name}' is {value.item()} at epoch "
-                                             f"{epoch + 1}, step {step + 1}; nothing was saved.")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            method.after_optimizer_step(epoch * n_steps + step)
-            for name, value in {**terms, "total": total}.items():
-                sums[name] += float(value.detach())
-            progress.update(1)
-            progress.set_postfix(epoch=epoch + 1, loss=f"{float(total.detach()):.4f}")
+            names = loop_step(method, training_set, sampler, optimizer, numerics, epoch * n_steps + step, history,
+                              progress)
+        values = torch.stack(history).cpu()  # the epoch's only device-to-host copy
+        check_finite(spec.name, seed, epoch + 1, names, values)
         method.on_epoch_end(epoch, epochs)
-        log_rows.append({"epoch": epoch + 1, "lr": lr, **{k: v / n_steps for k, v in sums.items()},
+        means = dict(zip(names, values.double().mean(0).tolist()))
+        log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
                          "seconds": round(time.perf_counter() - epoch_start, 3)})
+        progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
+        atomic_torch_save(checkpoint_path, {
+            "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
+            "method_state": method.training_state(), "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(), "rng": _rng_states(), "log_rows": log_rows,
+            "train_seconds": seconds_before + time.perf_counter() - started,
+        })
     progress.close()
 
-    run_dir = out_dir / spec.name
     n_strong = int(training_set.is_strong.sum())
+    counts = {"n_train": len(training_set), "n_strong": n_strong,
+              "n_strong_used": n_strong if method.uses_strong else 0,
+              "n_weak_used": len(training_set) - n_strong if method.uses_weak else 0,
+              "steps_per_epoch": n_steps, "image_size": int(training_set.images.shape[-1]),
+              "options": method.options, "uses_strong": method.uses_strong, "uses_weak": method.uses_weak,
+              "precision": numerics.precision, "channels_last": numerics.channels_last,
+              "deterministic": deterministic, "device": str(device), "hardware": hardware_description(device)}
+    seed_info = {
+        "train_seconds": round(seconds_before + time.perf_counter() - started, 2),
+        "resumed_from_epoch": first_epoch,
+        "provenance": {**git_state(), "started": started_at, "finished": now_iso(), "seed": seed,
+                       "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint},
+    }
+    state = {key: value.detach().cpu() for key, value in method.state_dict().items()}
+    return SeedResult(state, log_rows, {"counts": counts, "seed": seed_info})
+
+
+# -- one run (all seeds) ----------------------------------------------------------------------------------------
+def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
+              show_progress: bool = True) -> dict[str, Any]:
+    train_params, model_params = params["train"], params["model"]
+    threads = configure_threads(int(train_params.get("num_threads", 0)))
+    data = load_prepared(prepared_dir)
+    fingerprint = run_fingerprint(spec, params, prepared_dir)
+    run_dir = out_dir / spec.name
+    # a stage killed between runs must not leave an older run's record looking complete
+    (run_dir / "train_info.json").unlink(missing_ok=True)
+
+    log_rows, seeds_info, counts = [], {}, {}
+    for seed in spec.seeds:
+        result = train_seed(spec, seed, params, data, fingerprint, show_progress)
+        model_path = run_dir / "models" / f"seed_{seed}.pt"
+        atomic_torch_save(model_path, result.state_dict)
+        log_rows += result.log_rows
+        counts = result.info["counts"]
+        seeds_info[str(seed)] = {**result.info["seed"], "model_sha256": file_sha256(model_path)}
+
     atomic_write_csv(run_dir / "train_log.csv", pd.DataFrame(log_rows))
-    atomic_torch_save(run_dir / "model.pt", method.state_dict())
     info = {
         "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
-        "seed": spec.seed, "options": method.options,
-        "n_train": len(training_set), "n_strong": n_strong,
-        "n_strong_used": n_strong if method.uses_strong else 0,
-        "n_weak_used": len(training_set) - n_strong if method.uses_weak else 0,
-        "uses_strong": method.uses_strong, "uses_weak": method.uses_weak,
-        "epochs": epochs, "steps_per_epoch": n_steps, "batch_size": batch_size,
+        **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
         "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
-        "image_size": int(training_set.images.shape[-1]), "device": str(device), "threads": threads,
-        "hardware": hardware_description(device), "torch": torch.__version__,
-        "train_seconds": round(time.time() - started, 2),
+        "threads": threads, "torch": str(torch.__version__),
+        "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),
+        "seeds": seeds_info,
     }
-    atomic_write_json(run_dir / "train_info.json", info)
+    atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
+    shutil.rmtree(checkpoint_dir(params, spec, spec.seeds[0]).parent, ignore_errors=True)
     return info
 
 
@@ -157,8 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     info = train_run(run_spec(params, args.run), params, Path(args.prepared), Path(args.out))
-    print(f"{args.run}: trained {info['epochs']} epochs x {info['steps_per_epoch']} steps on {info['hardware']} "
-          f"in {info['train_seconds']:.1f} s")
+    print(f"{args.run}: trained {len(info['seeds'])} seed(s) x {info['epochs']} epochs x {info['steps_per_epoch']} "
+          f"steps on {info['hardware']} ({info['precision']}) in {info['train_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,12 @@ class SegmentationMethod(nn.Module):
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         """Called after each epoch (0-based `epoch`), e.g. to decay a mixing weight."""
+
+    # Checkpoints: state that changes during training but is not in state_dict() ----------------
+    def training_state(self) -> dict[str, Any]:
+        """Counters, per-image weights, samplers... a resumed run needs to continue exactly (tensors,
+        numbers, lists, dicts only). Parameters and persistent buffers are saved by the trainer already."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what `training_state` returned; called after `on_train_start` when a run resumes."""

@@ -140,6 +140,16 @@ class DCR(SegmentationMethod):
             self._strong_sampler = None
         self.teacher.load_state_dict(self.student.state_dict())
 
+    def training_state(self) -> dict:
+        sampler = self._strong_sampler.state_dict() if self._strong_sampler is not None else None
+        return {"gamma": self.gamma, "step": self.step, "dii_updates": self.dii_updates, "strong_sampler": sampler}
+
+    def load_training_state(self, state: dict) -> None:
+        self.gamma = state["gamma"].to(self.gamma.device)
+        self.step, self.dii_updates = int(state["step"]), int(state["dii_updates"])
+        if state["strong_sampler"] is not None:
+            self._strong_sampler.load_state_dict(state["strong_sampler"])
+
     def after_optimizer_step(self, step: int) -> None:
         self.step = step + 1
         self.ema_update(step)

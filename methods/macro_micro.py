@@ -168,6 +168,12 @@ class MacroMicro(SegmentationMethod):
         register_box_target(context, self.options["box_target"])
         self.step, self.total_steps, self.macro_uncertainty = 0, context.total_steps, None
 
+    def training_state(self) -> dict:
+        return {"step": self.step, "macro_uncertainty": self.macro_uncertainty}
+
+    def load_training_state(self, state: dict) -> None:
+        self.step, self.macro_uncertainty = int(state["step"]), state["macro_uncertainty"]
+
     def after_optimizer_step(self, step: int) -> None:
         self.step = step + 1
         self.ema_update(self.ema_rate())

@@ -168,6 +168,12 @@ class SelfCorrecting(SegmentationMethod):
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         self.set_epoch(epoch + 1, num_epochs)
 
+    def training_state(self) -> dict:
+        return {"alpha": self.alpha}
+
+    def load_training_state(self, state: dict) -> None:
+        self.alpha = float(state["alpha"])
+
     # -- training / prediction --------------------------------------------------------------------
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         o = self.options

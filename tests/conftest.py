@@ -29,6 +29,7 @@ def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> tuple[dict, Path]:
     params = tiny_params()
+    params["train"]["checkpoint_dir"] = str(tmp_path_factory.mktemp("checkpoints"))
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     domains, report = synthetic_domains(params["data"])
     write_prepared(out, domains, split_seed=params["data"]["split_seed"],

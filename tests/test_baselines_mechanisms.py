@@ -269,14 +269,14 @@ def test_tiny_real_run_trains_saves_and_evaluates(method, tiny_prepared, tmp_pat
     params, prepared = tiny_prepared
     params = copy.deepcopy(params)
     name = f"{method}_tiny"
-    params["runs"] = {name: {"method": method, "row": method, "strong_fraction": 0.25, "seed": 0,
+    params["runs"] = {name: {"method": method, "row": method, "strong_fraction": 0.25,
                              "options": RUNS[method]}}
-    spec = RunSpec(name=name, method=method, strong_fraction=0.25, seed=0, row=method, options=RUNS[method])
+    spec = RunSpec(name=name, method=method, strong_fraction=0.25, seeds=(0,), row=method, options=RUNS[method])
     info = train_run(spec, params, prepared, tmp_path, show_progress=False)
     assert info["n_weak_used"] > 0 and info["n_strong_used"] > 0
     log = pd.read_csv(tmp_path / name / "train_log.csv")
     assert len(log) == 1 and np.isfinite(log.drop(columns=["epoch"]).to_numpy(float)).all()
-    state = torch.load(tmp_path / name / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / name / "models" / "seed_0.pt", weights_only=True)
     fresh = build_method(spec, params["model"])
     assert set(state) == set(fresh.state_dict()), "a fresh instance has the same state dict"
     metrics = evaluate_run(name, params, prepared, tmp_path)

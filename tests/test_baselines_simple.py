@@ -311,7 +311,7 @@ def test_registry_names_and_label_kinds():
 ])
 def test_tiny_real_run(tiny_prepared, tmp_path, method, fraction, options):
     params, prepared = tiny_prepared
-    spec = RunSpec(name="run", method=method, strong_fraction=fraction, seed=0, row=get_method(method).display_name,
+    spec = RunSpec(name="run", method=method, strong_fraction=fraction, seeds=(0,), row=get_method(method).display_name,
                    options=options)
     info = train_run(spec, params, prepared, tmp_path, show_progress=False)
     log = pd.read_csv(tmp_path / "run" / "train_log.csv")
@@ -320,6 +320,6 @@ def test_tiny_real_run(tiny_prepared, tmp_path, method, fraction, options):
     assert expected <= set(log.columns)
     assert info["n_weak_used"] > 0 and (info["n_strong_used"] > 0) == (method != "weak_only")
     fresh = get_method(method)(params["model"], options)  # evaluation's path: rebuild, load, predict
-    fresh.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    fresh.load_state_dict(torch.load(tmp_path / "run" / "models" / "seed_0.pt", weights_only=True))
     with torch.no_grad():
         assert torch.isfinite(fresh.eval().predict(torch.randn(2, 1, SIZE, SIZE))).all()

@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 import methods.ours as ours_module
-from benchmark import bench_step_time
 from benchmark.losses import perception_loss, structure_loss
 from methods import get_method
 from methods.base import Batch
@@ -262,15 +261,3 @@ def test_a_few_steps_reduce_the_loss():
         optimizer.step()
         totals.append(float(total.detach()))
     assert totals[-1] < totals[0]
-
-
-def test_bench_step_time_writes_a_table(tmp_path):
-    out = tmp_path / "cost.md"
-    status = bench_step_time.main(["--size", "32", "--batch", "4", "--steps", "1", "--rounds", "2", "--warmup", "1",
-                                   "--methods", "strong_only,ours", "--device", "cpu", "--out", str(out)])
-    assert status == 0
-    text = out.read_text()
-    assert "| strong_only | Strong-Only |" in text and "| ours | Ours |" in text and "1.00x" in text
-    assert not (tmp_path / "cost.md.tmp").exists()
-    with pytest.raises(SystemExit):
-        bench_step_time.main(["--methods", "nope", "--out", str(out)])

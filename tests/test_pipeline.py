@@ -1,14 +1,19 @@
 """End to end: the real DVC pipeline on a tiny configuration, in a temporary copy of the repository.
 
 Also follows README "Add a method" literally: one new file under methods/ and one entry in
-params.yaml, nothing else, and the new row appears in reports/tables.md.
+params.yaml, nothing else, and the new row appears in reports/tables.md. Then kills a
+`dvc repro` in the middle of a training stage (SIGKILL to its whole process group) and checks
+that nothing it left looks complete to DVC or to the report, and that the next `dvc repro`
+resumes from the checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +58,7 @@ def test_dvc_repro_end_to_end(pipeline_copy: Path):
     # Add a method as README says: one file, one params entry.
     (work / "methods" / "box_only.py").write_text(readme_method_example())
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["runs"]["box_only_0"] = {"method": "box_only", "row": "Box-Only", "strong_fraction": 0.0, "seed": 0}
+    params["runs"]["box_only_0"] = {"method": "box_only", "row": "Box-Only", "strong_fraction": 0.0}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = sorted(run(["git", "status", "--porcelain", "--untracked-files=all"], work).splitlines())
     assert changed == [" M params.yaml", "?? methods/box_only.py"], "adding a method touches nothing else"
@@ -78,3 +83,41 @@ def test_dvc_repro_end_to_end(pipeline_copy: Path):
     status = run(["dvc", "status"], work)
     assert "train@strong_only_100" in status and "train@strong_only_10" in status
     assert "train@box_only_0" not in status and "prepare" not in status.split("train@")[0]
+    (work / "methods" / "strong_only.py").write_text((REPO / "methods" / "strong_only.py").read_text())
+
+    # The declared metrics and plots are readable by DVC itself.
+    shown = run(["dvc", "metrics", "show"], work)
+    assert "runs/strong_only_100/metrics.json" in shown and "cbis.dice" in shown
+    run(["dvc", "plots", "show", "--json"], work)
+
+
+def test_killed_stage_leaves_nothing_complete_and_resumes(pipeline_copy: Path):
+    work = pipeline_copy
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    run(["dvc", "repro"], work)  # up to date first (the previous test may have edited things)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoint = work / "checkpoints" / "strong_only_100" / "seed_0" / "last.pt"
+    process = subprocess.Popen(["dvc", "repro", "train@strong_only_100"], cwd=work, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)  # dvc and the training process it started
+    process.wait()
+    assert checkpoint.exists(), "the stage was killed after its first epoch"
+
+    run_dir = work / "runs" / "strong_only_100"
+    assert not (run_dir / "train_info.json").exists() and not (run_dir / "models").exists()
+    assert "train@strong_only_100" in run(["dvc", "status"], work), "DVC does not take the killed stage as done"
+    report = subprocess.run(["python", "-m", "benchmark.report", "--out", str(work / "report_check" / "tables.md")], cwd=work,
+                            env=env, capture_output=True, text=True)
+    assert report.returncode != 0 and "strong_only_100" in report.stderr, "the report refuses an unfinished run"
+
+    resumed = run(["dvc", "repro"], work)
+    assert "resumed after epoch" in resumed
+    assert "changed" not in run(["dvc", "status"], work)
+    info = json.loads((run_dir / "train_info.json").read_text())
+    assert info["seeds"]["0"]["resumed_from_epoch"] >= 1 and info["epochs"] == 3
+    assert not (work / "checkpoints" / "strong_only_100").exists()

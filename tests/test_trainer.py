@@ -61,21 +61,29 @@ def test_poly_schedule_and_epoch_length():
 
 def test_one_epoch_trains_and_saves(tiny_prepared, tmp_path):
     params, prepared = tiny_prepared
-    spec = RunSpec(name="t", method="strong_only", strong_fraction=0.5, seed=0, row="Strong-Only")
+    spec = RunSpec(name="t", method="strong_only", strong_fraction=0.5, seeds=(0,), row="Strong-Only")
     info = train_run(spec, params, prepared, tmp_path, show_progress=False)
     assert info["n_strong"] == 8 and info["steps_per_epoch"] == 4
-    state = torch.load(tmp_path / "t" / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / "t" / "models" / "seed_0.pt", weights_only=True)
     assert any(key.startswith("net.encoder") for key in state)
     log = (tmp_path / "t" / "train_log.csv").read_text().splitlines()
-    assert log[0].startswith("epoch,lr,structure,total") and len(log) == 2
+    assert log[0].startswith("seed,epoch,lr,structure,total") and len(log) == 2
 
 
 def test_non_finite_loss_stops_the_run(tiny_prepared, tmp_path, monkeypatch):
     params, prepared = tiny_prepared
     from methods.strong_only import StrongOnly
 
-    monkeypatch.setattr(StrongOnly, "training_step", lambda self, batch: {"structure": torch.tensor(float("nan"))})
-    spec = RunSpec(name="nan", method="strong_only", strong_fraction=0.5, seed=0, row="Strong-Only")
-    with pytest.raises(NonFiniteLossError, match=r"run nan: loss term 'structure' is nan at epoch 1, step 1"):
+    real_step, calls = StrongOnly.training_step, []
+
+    def third_step_overflows(self, batch):
+        calls.append(1)
+        terms = real_step(self, batch)
+        return {**terms, "structure": terms["structure"] * (float("inf") if len(calls) == 3 else 1.0)}
+
+    monkeypatch.setattr(StrongOnly, "training_step", third_step_overflows)
+    spec = RunSpec(name="nan", method="strong_only", strong_fraction=0.5, seeds=(0,), row="Strong-Only")
+    with pytest.raises(NonFiniteLossError, match=r"run nan \(seed 0\): loss term 'structure' is inf at epoch 1, "
+                                                 r"step 3 of 4\. Training stopped; no weights or metrics"):
         train_run(spec, params, prepared, tmp_path, show_progress=False)
-    assert not (tmp_path / "nan" / "model.pt").exists()
+    assert not (tmp_path / "nan").exists() or not any((tmp_path / "nan").rglob("*.*")), "nothing was written"

@@ -1,0 +1,207 @@
+"""The report stage on fabricated run folders: table cells, paired comparisons, claims, figures, determinism.
+
+Four runs x two seeds with chosen per-image Dice (tests/fake_runs.py), so every number below is
+computed by hand: seed 0 is the base + 0.02 (CBIS) / + 0.01 (INbreast) per image, seed 1 the base
+minus the same, and the other runs differ from Ours 10% by known per-image offsets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from benchmark import report
+from benchmark.data import load_prepared
+from tests.conftest import tiny_params
+from tests.fake_runs import COMMIT, fabricate_run
+
+CBIS_BASE = np.array([0.30, 0.40, 0.50, 0.60])  # the tiny dataset's 4 CBIS test images
+INBREAST_BASE = np.array([0.30, 0.40, 0.50, 0.60, 0.70, 0.80])  # its 6 INbreast test images
+ALTERNATING = np.array([0.1, -0.1, 0.1, -0.06])  # Ours minus Weak-Only: -10, +10, -10, +6 points
+
+# run name -> (method, row, strong fraction, uses weak, CBIS offset from Ours, INbreast offset from Ours)
+RUNS = {
+    "ours_10": ("ours", "Ours", 0.1, True, 0.0, 0.0),
+    "strong_only_10": ("strong_only", "Strong-Only", 0.1, False, -0.10, +0.05),
+    "weak_only_0": ("weak_only", "Weak-Only", 0.0, True, ALTERNATING, -0.20),
+    "box_only_0": ("box_only", "Box-Only", 0.0, True, -0.15, -0.25),
+}
+
+
+def seeds_of(base: np.ndarray, jitter: float) -> dict[int, np.ndarray]:
+    return {0: base + jitter, 1: base - jitter}
+
+
+def write_inputs(tmp_path: Path, prepared: Path, runs: dict = RUNS, two_seeds: bool = True) -> tuple[Path, Path]:
+    params = tiny_params()
+    params["runs"] = {name: {"method": method, "row": row, "strong_fraction": fraction}
+                      for name, (method, row, fraction, *_rest) in runs.items()}
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    data = load_prepared(prepared)
+    runs_dir = tmp_path / "runs"
+    for name, (method, row, fraction, uses_weak, cbis_offset, inbreast_offset) in runs.items():
+        dice = {"cbis": seeds_of(CBIS_BASE + cbis_offset, 0.02),
+                "inbreast": seeds_of(INBREAST_BASE + inbreast_offset, 0.01)}
+        if not two_seeds:
+            dice = {dataset: {0: values[0]} for dataset, values in dice.items()}
+        fabricate_run(runs_dir, data, name, method=method, row=row, strong_fraction=fraction, uses_weak=uses_weak,
+                      dice=dice, dirty_seeds=(1,) if name == "box_only_0" else ())
+    return params_path, runs_dir
+
+
+def render(params_path: Path, runs_dir: Path, prepared: Path, out: Path) -> str:
+    report.main(["--params", str(params_path), "--runs", str(runs_dir), "--prepared", str(prepared),
+                 "--out", str(out / "tables.md")])
+    return (out / "tables.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def rendered(tiny_prepared, tmp_path_factory) -> tuple[str, Path, tuple[Path, Path, Path]]:
+    _, prepared = tiny_prepared
+    tmp = tmp_path_factory.mktemp("report")
+    params_path, runs_dir = write_inputs(tmp, prepared)
+    out = tmp / "out"
+    return render(params_path, runs_dir, prepared, out), out, (params_path, runs_dir, prepared)
+
+
+def line_starting(text: str, prefix: str) -> str:
+    matches = {line for line in text.splitlines() if line.startswith(prefix)}  # Ours 10% is in Tables 1 and 2
+    assert len(matches) == 1, f"{len(matches)} different lines start with {prefix!r}"
+    return matches.pop()
+
+
+def test_table_cells_are_mean_and_std_over_seeds(rendered):
+    text, _, _ = rendered
+    # Ours CBIS Dice: seed means 47 and 43 -> 45.00 ± 2.83; S_m = 40 + 0.5 Dice: 63.5 and 61.5 -> 62.50 ± 1.41;
+    # INbreast Dice: 56 and 54 -> 55.00 ± 1.41; S_m 68 and 67 -> 67.50 ± 0.71; paper: 72.26, 83.18, 60.11, 76.02.
+    assert line_starting(text, "| Ours | 10% | 90% |") == (
+        "| Ours | 10% | 90% | 45.00 ± 2.83 (n=2) | 72.26 | 62.50 ± 1.41 (n=2) | 83.18 | 55.00 ± 1.41 (n=2) | 60.11 | "
+        "67.50 ± 0.71 (n=2) | 76.02 | 2 | 2.1 min |")
+    # Strong-Only 10%: CBIS 10 points lower (35.00), INbreast 5 points higher (60.00); no weak labels, W = 0%
+    assert line_starting(text, "| Strong-Only | 10% | 0% |").startswith(
+        "| Strong-Only | 10% | 0% | 35.00 ± 2.83 (n=2) | 65.66 | 57.50 ± 1.41 (n=2) | 80.05 | 60.00 ± 1.41 (n=2) | "
+        "47.64 |")
+    assert "Cells: mean ± std over seeds (n = number of seeds)." in text
+    assert "Paper rows not configured in params.yaml: Strong-Only (100%)" in text
+
+
+def test_other_runs_and_runs_tables(rendered):
+    text, _, _ = rendered
+    other = text.split("## Other runs", 1)[1].split("##", 1)[0]
+    assert "| Box-Only | 0% | 100% | 30.00 ± 2.83 (n=2) | 55.00 ± 1.41 (n=2) | 30.00 ± 1.41 (n=2) |" in other
+    assert "Box-Only" not in text.split("## Other runs", 1)[0].split("## Table 1", 1)[1], "not in the paper tables"
+    commits = f"`{COMMIT[:10]}`, `{COMMIT[:10]}` (dirty)"  # seed 0 clean, seed 1 dirty
+    assert f"| box_only_0 | box_only | 0% | 0, 1 | 120 s | 5 s | {commits} |  |" in text
+    assert "[performance.md](performance.md)" in text
+
+
+def test_paired_comparisons_match_scipy_and_the_known_differences(rendered):
+    text, _, _ = rendered
+    section = text.split("## Paired comparisons: Ours 10% against every other run", 1)[1].split("## Figures", 1)[0]
+    ours_cbis, ours_inbreast = CBIS_BASE, INBREAST_BASE  # seeds averaged per image: the jitter cancels
+    expected = {  # (other run row, test set): (Ours - other per image, paper difference, verdict)
+        ("Strong-Only", "CBIS"): (ours_cbis - (ours_cbis - 0.10), "+6.60", "agrees"),
+        ("Strong-Only", "INbreast"): (ours_inbreast - (ours_inbreast + 0.05), "+12.47", "disagrees"),
+        ("Weak-Only", "CBIS"): (ours_cbis - (ours_cbis + ALTERNATING), "+7.39", "inconclusive"),
+        ("Weak-Only", "INbreast"): (ours_inbreast - (ours_inbreast - 0.20), "+6.99", "agrees"),
+        ("Box-Only", "CBIS"): (ours_cbis - (ours_cbis - 0.15), "–", "–"),
+    }
+    for (row, dataset), (difference, paper, verdict) in expected.items():
+        line = next(line for line in section.splitlines() if line.startswith(f"| {row} |") and f"| {dataset} |" in line)
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        n = len(difference)
+        assert cells[3] == str(n)
+        assert float(cells[4]) == pytest.approx(100 * difference.mean(), abs=0.006)
+        other = np.full(n, 0.5) - difference  # any pair with these differences gives the same signed-rank test
+        assert float(cells[6]) == pytest.approx(stats.wilcoxon(np.full(n, 0.5), other).pvalue, rel=1e-2)
+        assert cells[7:] == [paper, verdict]
+        if np.allclose(difference, difference[0]):  # a constant difference: the bootstrap CI is that constant
+            value = f"{100 * difference[0]:+.2f}"
+            assert cells[5] == f"[{value}, {value}]"
+    weak_cbis = next(line for line in section.splitlines() if line.startswith("| Weak-Only |") and "| CBIS |" in line)
+    assert "| -1.00 | [-10.00, +" in weak_cbis, "differences of -10 and +10: the CI spans both signs"
+
+
+def test_summary_states_source_time_seeds_code_and_claims(rendered):
+    text, _, _ = rendered
+    summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
+    assert "**synthetic stand-in**" in summary
+    assert "CPU test (2 threads)" in summary
+    assert "**Total time** of the 4 runs (8 trainings, train + evaluate): 8.3 min." in summary  # 4 x (2 x 60 + 5) s
+    assert "**Seeds:** 2 per run (0, 1)" in summary
+    assert f"commit `{COMMIT[:10]}`" in summary and "**dirty** in 1 of 8 trainings: box_only_0 (seed 1)" in summary
+    assert "**Paper's claims** (4): 2 agrees, 1 disagrees, 1 inconclusive." in summary
+    assert "lies entirely on the paper's side of 0" in summary, "the rule is stated"
+    assert ("*Agrees* (2): Ours 10% minus Strong-Only 10% (CBIS +10.0 vs paper +6.6); "
+            "Weak-Only 0% (INbreast +20.0 vs paper +7.0).") in summary
+    assert "*Disagrees* (1): Ours 10% minus Strong-Only 10% (INbreast -5.0 vs paper +12.5)." in summary
+    assert "*Inconclusive* (1): Ours 10% minus Weak-Only 0% (CBIS -1.0 vs paper +7.4)." in summary
+    assert "Box-Only" not in summary
+
+
+def test_every_figure_is_written_and_linked(rendered):
+    text, out, _ = rendered
+    for name in report.FIGURE_FILES:
+        path = out / "figures" / name
+        assert path.is_file() and path.stat().st_size > 3000, name
+        assert f"[{name}](figures/{name}): " in text
+        assert f"- [{name}](figures/{name}): not drawn" not in text, f"{name} has its inputs here"
+    assert "2 example test images (rows, both test sets) x 4 runs (columns" in text
+
+
+def test_second_render_is_byte_identical(rendered, tmp_path):
+    text, out, (params_path, runs_dir, prepared) = rendered
+    again = render(params_path, runs_dir, prepared, tmp_path / "again")
+    assert again == text
+    for name in report.FIGURE_FILES:
+        assert (tmp_path / "again" / "figures" / name).read_bytes() == (out / "figures" / name).read_bytes(), name
+
+
+def test_small_configuration_degrades_gracefully(tiny_prepared, tmp_path):
+    """The tiny E2E configuration: two Strong-Only runs, one seed, no reference run."""
+    _, prepared = tiny_prepared
+    runs = {"strong_only_100": ("strong_only", "Strong-Only", 1.0, False, 0.1, 0.1),
+            "strong_only_10": ("strong_only", "Strong-Only", 0.1, False, 0.0, 0.0)}
+    params_path, runs_dir = write_inputs(tmp_path, prepared, runs, two_seeds=False)
+    (runs_dir / "strong_only_10" / "examples.npz").unlink()
+    text = render(params_path, runs_dir, prepared, tmp_path / "out")
+    assert "| Strong-Only | 100% | 0% | 57.00 | 75.48 |" in text, "one seed: the value, no spread"  # 0.45 + 0.1 + 0.02
+    assert "**Seeds:** one seed (0) per run" in text and "One seed per run" in text
+    assert "Not computed: the reference run Ours 10%" in text
+    assert "**Paper's claims:** not assessed" in text
+    assert ("- [label_efficiency.png](figures/label_efficiency.png): not drawn: no run of row 'Ours' is configured"
+            in text)
+    assert "No examples.npz for: strong_only_10." in text
+    for name in report.FIGURE_FILES:
+        assert (tmp_path / "out" / "figures" / name).is_file(), name
+
+
+def test_outputs_of_an_older_evaluate_stage_are_named(tiny_prepared, tmp_path):
+    _, prepared = tiny_prepared
+    params_path, runs_dir = write_inputs(tmp_path, prepared, {"ours_10": RUNS["ours_10"]})
+    metrics = runs_dir / "ours_10" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"per_seed"', '"old_key"'))
+    with pytest.raises(SystemExit, match="metrics.json: missing per_seed"):
+        render(params_path, runs_dir, prepared, tmp_path / "out")
+
+
+def test_an_evaluation_of_other_weights_is_refused(tiny_prepared, tmp_path):
+    """Re-trained after its evaluation (or killed half-way through re-training): not reported as a result."""
+    _, prepared = tiny_prepared
+    params_path, runs_dir = write_inputs(tmp_path, prepared, {"ours_10": RUNS["ours_10"]})
+    info = runs_dir / "ours_10" / "train_info.json"
+    info.write_text(info.read_text().replace('"model_sha256": "sha-ours_10-1"', '"model_sha256": "retrained"'))
+    with pytest.raises(SystemExit, match=r"ours_10/metrics.json evaluates other weights than .*train_info.json"):
+        render(params_path, runs_dir, prepared, tmp_path / "out")
+    assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def test_cell_formats_one_and_several_seeds():
+    assert report.cell([24.893]) == "24.89"
+    assert report.cell([47.0, 43.0]) == "45.00 ± 2.83 (n=2)"
+    assert report.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (n=3)"
+    assert report.cell([]) == "–"

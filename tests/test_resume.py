@@ -1,0 +1,164 @@
+"""Interrupted training resumes exactly, incompatible checkpoints are refused, a seed is reproducible.
+
+- every registered method: interrupted after epoch 1 and resumed == never interrupted (bit for bit);
+- a real `python -m benchmark.train` subprocess killed with SIGKILL mid-epoch, re-run: the same
+  per-image metrics as an uninterrupted run, and the completed epochs were not trained again;
+- a checkpoint written under another configuration is not resumed from;
+- two runs of the same seed on CPU write identical per-image CSVs.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import benchmark.train as trainer
+from benchmark.config import RunSpec, run_spec
+from benchmark.evaluate import evaluate_run
+from benchmark.train import CHECKPOINT_NAME, checkpoint_dir, train_run
+from methods import available_methods, get_method
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def two_epoch_params(params: dict, checkpoints: Path) -> dict:
+    params = copy.deepcopy(params)
+    params["train"].update(epochs=2, checkpoint_dir=str(checkpoints))
+    return params
+
+
+def spec_for(method: str) -> RunSpec:
+    fraction = 0.0 if not get_method(method).uses_strong else 1.0 if not get_method(method).uses_weak else 0.25
+    return RunSpec(name=f"resume_{method}", method=method, strong_fraction=fraction, seeds=(0,), row=method)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, monkeypatch):
+    params, prepared = tiny_prepared
+    spec = spec_for(method)
+    straight = train_run(spec, two_epoch_params(params, tmp_path / "ck_a"), prepared, tmp_path / "a",
+                         show_progress=False)
+
+    params_b = two_epoch_params(params, tmp_path / "ck_b")
+    real_save = trainer.atomic_torch_save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == CHECKPOINT_NAME and payload["epoch"] == 1:
+            raise Interrupted("killed after the first epoch's checkpoint")
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
+    with pytest.raises(Interrupted):
+        train_run(spec, params_b, prepared, tmp_path / "b", show_progress=False)
+    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    assert not (tmp_path / "b" / spec.name / "train_info.json").exists()
+    resumed = train_run(spec, params_b, prepared, tmp_path / "b", show_progress=False)
+
+    assert resumed["seeds"]["0"]["resumed_from_epoch"] == 1 and straight["seeds"]["0"]["resumed_from_epoch"] == 0
+    a = torch.load(tmp_path / "a" / spec.name / "models" / "seed_0.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / spec.name / "models" / "seed_0.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"{method}: resumed weights differ from uninterrupted ones in {different[:5]}"
+    log_a = pd.read_csv(tmp_path / "a" / spec.name / "train_log.csv").drop(columns="seconds")
+    log_b = pd.read_csv(tmp_path / "b" / spec.name / "train_log.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(log_a, log_b)
+    assert not checkpoint_dir(params_b, spec, 0).parent.exists(), "checkpoints are removed once the run is complete"
+
+
+def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeypatch, capsys):
+    params, prepared = tiny_prepared
+    spec = spec_for("strong_only")
+    params_a = two_epoch_params(params, tmp_path / "ck")
+    real_save = trainer.atomic_torch_save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == CHECKPOINT_NAME:
+            raise Interrupted
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
+    with pytest.raises(Interrupted):
+        train_run(spec, params_a, prepared, tmp_path / "out", show_progress=False)
+    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+
+    changed = copy.deepcopy(params_a)
+    changed["train"]["lr"] = 0.5 * float(changed["train"]["lr"])
+    info = train_run(spec, changed, prepared, tmp_path / "out", show_progress=False)
+    assert info["seeds"]["0"]["resumed_from_epoch"] == 0
+    assert "written for a different config; not resuming from it" in capsys.readouterr().out
+
+
+def test_same_seed_gives_identical_per_image_metrics(tiny_prepared, tmp_path):
+    params, prepared = tiny_prepared
+    params = copy.deepcopy(params)
+    params["train"]["checkpoint_dir"] = str(tmp_path / "ck")
+    name = "strong_only_100"
+    spec = run_spec(params, name)
+    outputs = []
+    for out in ("first", "second"):
+        train_run(spec, params, prepared, tmp_path / out, show_progress=False)
+        evaluate_run(name, params, prepared, tmp_path / out)
+        outputs.append((tmp_path / out / name / "per_image.csv").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def _train_command(params_file: Path, prepared: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmark.train", "strong_only_100", "--params", str(params_file),
+            "--prepared", str(prepared), "--out", str(out)]
+
+
+def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tiny_prepared, tmp_path):
+    params, prepared = tiny_prepared
+    params = copy.deepcopy(params)
+    params["train"].update(epochs=4, steps_per_epoch="all_train")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def write_params(name: str) -> Path:
+        params["train"]["checkpoint_dir"] = str(tmp_path / f"ck_{name}")
+        path = tmp_path / f"params_{name}.yaml"
+        path.write_text(yaml.safe_dump(params))
+        return path
+
+    straight_params = write_params("straight")
+    subprocess.run(_train_command(straight_params, prepared, tmp_path / "straight"), check=True, env=env,
+                   capture_output=True, cwd=REPO)
+
+    killed_params = write_params("killed")
+    checkpoint = tmp_path / "ck_killed" / "strong_only_100" / "seed_0" / CHECKPOINT_NAME
+    process = subprocess.Popen(_train_command(killed_params, prepared, tmp_path / "killed"), env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)  # right after the first checkpoint: inside the next epoch
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run was killed, not finished"
+    assert not (tmp_path / "killed" / "strong_only_100" / "train_info.json").exists()
+    done_epochs = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= done_epochs < 4
+
+    rerun = subprocess.run(_train_command(killed_params, prepared, tmp_path / "killed"), check=True, env=env,
+                           capture_output=True, text=True, cwd=REPO)
+    assert f"resumed after epoch {done_epochs} of 4" in rerun.stderr + rerun.stdout
+    info = yaml.safe_load((tmp_path / "killed" / "strong_only_100" / "train_info.json").read_text())
+    assert info["seeds"]["0"]["resumed_from_epoch"] == done_epochs, "completed epochs were not trained again"
+
+    for name, params_file in (("straight", straight_params), ("killed", killed_params)):
+        evaluate_run("strong_only_100", yaml.safe_load(params_file.read_text()), prepared, tmp_path / name)
+    straight_csv = (tmp_path / "straight" / "strong_only_100" / "per_image.csv").read_bytes()
+    killed_csv = (tmp_path / "killed" / "strong_only_100" / "per_image.csv").read_bytes()
+    assert straight_csv == killed_csv
