@@ -40,7 +40,7 @@ from benchmark.artifacts import atomic_write_text
 from benchmark.config import all_runs, load_params
 from benchmark.runtime import configure_determinism, configure_threads, hardware_description, pick_device
 from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import Numerics, loop_step, make_optimizer, optimisation_step, steps_per_epoch
+from benchmark.train import Numerics, compile_networks, loop_step, make_optimizer, optimisation_step, steps_per_epoch
 from methods import SegmentationMethod, TrainContext, available_methods
 
 REFERENCE = "strong_only"
@@ -89,6 +89,7 @@ class MethodBench:
         self.optimizer = make_optimizer(train_params.get("optimizer", "adam"),
                                         [p for p in self.method.parameters() if p.requires_grad],
                                         float(train_params.get("lr", 1e-3)))
+        compile_networks(self.method, train_params)
         self.ready_batch = self.training_set.batch(*self.sampler.next())
         self.history: list[torch.Tensor] = []
         self.progress = tqdm(total=total_steps * 4, disable=True)

@@ -10,7 +10,9 @@
   background branch, with soft counts over the pixels inside the boxes (y^w = 0).
 
 Every loss accepts an optional per-image `weight` (B,) so methods can mask or re-weight
-images (e.g. strong-only terms inside a mixed batch) without reshaping batches.
+images (e.g. strong-only terms inside a mixed batch) without reshaping batches. Logits and
+targets are cast to float32 first: under bf16 autocast the network's logits are bf16, and the
+31x31 running sums and the per-image reductions need float32.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ import torch
 import torch.nn.functional as F
 
 EPS = 1e-6
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float32 for bf16/fp16 (autocast outputs) and integer/bool inputs; float32/float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _reduce(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -29,12 +36,13 @@ def _reduce(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tenso
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    logits, target = full_precision(logits), full_precision(target)
     per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
     return _reduce(per_image, weight)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    prob = torch.sigmoid(logits).flatten(1)
+    prob = torch.sigmoid(full_precision(logits)).flatten(1)
     target = target.flatten(1)
     per_image = 1 - (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
     return _reduce(per_image, weight)
@@ -60,6 +68,7 @@ def structure_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
                    bce_weighting: str = "weighted", kernel: int = 31, edge_gain: float = 5.0) -> torch.Tensor:
     if bce_weighting not in ("weighted", "released"):
         raise ValueError(f"bce_weighting must be 'weighted' or 'released', got {bce_weighting!r}")
+    logits, target = full_precision(logits), full_precision(target)
     pixel_weight = 1 + edge_gain * torch.abs(box_mean(target, kernel) - target)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if bce_weighting == "weighted":
@@ -79,8 +88,8 @@ def perception_loss(aux_logits: torch.Tensor, reversed_box: torch.Tensor,
 
     An image whose box covers nothing (no uncertain pixels) contributes 0.
     """
-    prob_background = torch.sigmoid(aux_logits)
-    uncertain = 1 - reversed_box
+    prob_background = torch.sigmoid(full_precision(aux_logits))
+    uncertain = 1 - full_precision(reversed_box)
     true_negative = ((1 - prob_background) * uncertain).sum((1, 2, 3))
     per_image = 1 - true_negative / (uncertain.sum((1, 2, 3)) + EPS)
     per_image = torch.where(uncertain.sum((1, 2, 3)) > 0, per_image, torch.zeros_like(per_image))

@@ -53,7 +53,8 @@ class TrainingSet:
                  device: torch.device, hflip: bool = True, vflip: bool = True) -> None:
         to_device = lambda array: torch.as_tensor(array[:, None]).to(device)  # noqa: E731
         self.images, self.masks, self.boxes = to_device(images), to_device(masks), to_device(boxes)
-        self.is_strong = torch.tensor(np.asarray(is_strong, dtype=bool))
+        self.is_strong = torch.tensor(np.asarray(is_strong, dtype=bool))  # on the CPU, for the samplers
+        self._is_strong_on_device = self.is_strong.to(device)
         self.device, self.hflip, self.vflip = device, hflip, vflip
         self.layers: dict[str, torch.Tensor] = {}
 
@@ -70,9 +71,15 @@ class TrainingSet:
 
     def batch(self, positions: torch.Tensor, flips: torch.Tensor) -> Batch:
         """Gather `positions` (CPU long) and apply per-sample flips (B, 2) bool: [horizontal, vertical]."""
-        index = positions.to(self.device)
-        is_strong = self.is_strong[positions].to(self.device)
-        flips = flips.to(self.device)
+        if self.device.type == "cuda":
+            # one small copy from pinned memory, queued without waiting: a copy from pageable memory would
+            # synchronise the stream, so the CPU could never run ahead of the GPU's queue
+            packed = torch.cat([positions[:, None], flips.long()], dim=1).pin_memory()
+            packed = packed.to(self.device, non_blocking=True)
+            index, flips = packed[:, 0], packed[:, 1:].bool()
+        else:
+            index, flips = positions.to(self.device), flips.to(self.device)
+        is_strong = self._is_strong_on_device.index_select(0, index)
 
         def gather_and_flip(tensor: torch.Tensor) -> torch.Tensor:
             tensor = tensor.index_select(0, index)

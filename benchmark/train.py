@@ -115,6 +115,13 @@ class Numerics:
         return method.to(memory_format=torch.channels_last) if self.channels_last else method
 
 
+def compile_networks(method: SegmentationMethod, train_params: dict[str, Any]) -> None:
+    """`train.compile`: torch.compile each network of the method, in place (state_dict keys unchanged)."""
+    if train_params.get("compile", False):
+        for child in method.children():
+            child.compile()
+
+
 def optimisation_step(method: SegmentationMethod, batch, optimizer: torch.optim.Optimizer,
                       numerics: Numerics) -> dict[str, torch.Tensor]:
     """One step as the trainer runs it: forward (autocast), summed loss, backward, optimizer step.
@@ -250,9 +257,7 @@ def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedD
     # created after the hook, so parameters a method froze there are not optimised
     optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],
                                float(train_params["lr"]))
-    if train_params.get("compile", False):
-        for child in method.children():  # in place: state_dict keys stay those of the plain modules
-            child.compile()
+    compile_networks(method, train_params)
 
     checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
     first_epoch, log_rows, seconds_before = 0, [], 0.0

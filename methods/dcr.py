@@ -50,7 +50,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
-from benchmark.losses import EPS, mask_loss
+from benchmark.losses import EPS, full_precision, mask_loss
 from benchmark.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
@@ -254,14 +254,15 @@ class DCR(SegmentationMethod):
         terms |= {f"weak_{name}": value * rescale for name, value in
                   mask_loss(logits, box_target_of(batch, o["box_target"]), o["loss"], o["bce_weighting"],
                             weight=gamma_weak).items()}
-        terms["consistency"] = logits.new_zeros(())
+        terms["consistency"] = logits.new_zeros((), dtype=torch.float32)
         weak_index = torch.nonzero(~batch.is_strong).flatten()
         if len(weak_index):  # the teacher (eval mode) runs on the weak images only
             with torch.no_grad():
                 images = batch.images.index_select(0, weak_index)
                 noise = float(o["teacher_noise"]) * torch.randn_like(images)
-                teacher_prob = torch.sigmoid(self.teacher(images + noise))
-            per_image = (torch.sigmoid(logits.index_select(0, weak_index)) - teacher_prob).pow(2).flatten(1).mean(1)
+                teacher_prob = torch.sigmoid(full_precision(self.teacher(images + noise)))
+            student_prob = torch.sigmoid(full_precision(logits.index_select(0, weak_index)))
+            per_image = (student_prob - teacher_prob).pow(2).flatten(1).mean(1)
             if o["gamma_on_consistency"]:
                 per_image = per_image * gamma_weak.index_select(0, weak_index)
             ramp = float(o["consistency_weight"]) * sigmoid_rampup(self.step, float(o["consistency_rampup"])

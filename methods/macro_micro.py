@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
-from benchmark.losses import EPS, mask_loss
+from benchmark.losses import EPS, full_precision, mask_loss
 from benchmark.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
@@ -62,7 +62,8 @@ def binary_entropy_bits(prob: torch.Tensor) -> torch.Tensor:
 
 
 def binary_kl(logits_target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel KL(Bernoulli(sigmoid(logits_target)) || Bernoulli(sigmoid(logits)))."""
+    """Per-pixel KL(Bernoulli(sigmoid(logits_target)) || Bernoulli(sigmoid(logits))), in float32."""
+    logits_target, logits = full_precision(logits_target), full_precision(logits)
     p = torch.sigmoid(logits_target)
     log_p, log_not_p = F.logsigmoid(logits_target), F.logsigmoid(-logits_target)
     log_q, log_not_q = F.logsigmoid(logits), F.logsigmoid(-logits)
@@ -139,7 +140,7 @@ class MacroMicro(SegmentationMethod):
             features = features.detach()
             probs = torch.stack([torch.sigmoid(net.segmentation_head(
                 F.dropout(features, float(self.options["mc_dropout"]), training=True)))
-                for _ in range(int(self.options["mc_samples"]))]).mean(0)
+                for _ in range(int(self.options["mc_samples"]))]).float().mean(0)
         return binary_entropy_bits(probs)
 
     def kl_ramp(self) -> float:

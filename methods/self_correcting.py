@@ -114,7 +114,7 @@ class SelfCorrecting(SegmentationMethod):
     def correction_target(self, z_primary: torch.Tensor, z_ancillary: torch.Tensor,
                           region: torch.Tensor | None) -> torch.Tensor:
         """Soft target q = sigmoid((z_p + a z_a) / (1 + a)), zero outside `region` (if given)."""
-        fused = (z_primary.detach() + self.alpha * z_ancillary) / (1.0 + self.alpha)
+        fused = (z_primary.detach().float() + self.alpha * z_ancillary.float()) / (1.0 + self.alpha)
         target = torch.sigmoid(fused)
         return target * region if region is not None else target
 
@@ -182,7 +182,7 @@ class SelfCorrecting(SegmentationMethod):
         weak = 1.0 - strong
         terms = {f"strong_{name}": value for name, value in
                  mask_loss(logits, batch.masks, o["loss"], o["bce_weighting"], weight=strong).items()}
-        target = torch.zeros_like(logits)
+        target = torch.zeros_like(logits, dtype=torch.float32)  # a float32 target whatever the autocast
         weak_index = torch.nonzero(~batch.is_strong).flatten()
         if len(weak_index):
             box_map = box_target_of(batch, o["box_target"]).index_select(0, weak_index)

@@ -49,3 +49,15 @@ def test_method_contract(name):
     for key in cls.option_choices:
         with pytest.raises(ValueError, match=f"option {key} must be one of"):
             cls(MODEL, {key: "not-a-choice"})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_under_bf16_autocast(name):
+    """The trainer's bf16 path: the network runs in bf16, every loss term comes back in float32."""
+    method = METHODS[name](MODEL, {})
+    method.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = method.training_step(mixed_batch())
+    assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in terms.values()), \
+        {key: value.dtype for key, value in terms.items()}
+    sum(terms.values()).backward()
