@@ -1,7 +1,8 @@
 """Training speed of every registered method, and how much of it the training loop wastes.
 
     python -m benchmark.bench_performance [--size 96] [--batch 8] [--steps 12] [--rounds 4] [--warmup 3]
-        [--methods strong_only,ours] [--device auto] [--n-train N] [--out reports/performance.md]
+        [--methods strong_only,ours] [--device auto] [--n-train N] [--processes K] [--append FILE ...]
+        [--out reports/performance.md]
 
 For each method (every module of `methods/`, or `--methods`), in one process on one device,
 with the numerics of params.yaml `train` (precision, channels_last, fused Adam):
@@ -19,13 +20,21 @@ Strong-Only's in the same round (median over rounds): what a run of the method c
 The projection multiplies each configured run's steps (epochs x steps per epoch x seeds, from
 params.yaml and the training-set size: `--n-train`, default the prepared data's) by its method's
 loop step time; evaluation and data preparation are not included. Writes `--out` atomically.
+
+`--processes K` runs K copies at once on the device (CPU threads split between them) and sums
+their images/s: what K training runs sharing one GPU get (small batches leave a big GPU mostly
+idle, so runs side by side add up). `--append` adds files verbatim, e.g. a GPU measurement
+recorded with this script, to the CPU stage's report.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -201,7 +210,26 @@ def projection(params: dict[str, Any], table: pd.DataFrame, n_train: int) -> tup
     return total, missing
 
 
-def render(table: pd.DataFrame, settings: dict[str, Any], projected: tuple[float, list[str]] | None) -> str:
+def aggregate(tables: list[pd.DataFrame], batch_size: int) -> pd.DataFrame:
+    """K processes measured at once on one device: images/s add up; the effective time of one step is
+    batch / total images/s, the step time a run gets when K runs share the device."""
+    frame = pd.concat(tables)
+    failed = frame[frame["error"].astype(bool)].drop_duplicates("method")
+    live = frame[~frame["method"].isin(failed["method"])]
+    rows = live.groupby("method", sort=False).agg(
+        display_name=("display_name", "first"), ceiling_images_per_s=("ceiling_images_per_s", "sum"),
+        loop_images_per_s=("loop_images_per_s", "sum"), efficiency=("efficiency", "median"),
+        ratio_to_reference=("ratio_to_reference", "median"), loop_ms_min=("loop_ms", "min"),
+        loop_ms_max=("loop_ms", "max"), processes=("loop_ms", "size")).reset_index()
+    rows["loop_ms"] = 1000 * batch_size / rows["loop_images_per_s"]  # effective, with K runs at a time
+    rows["ceiling_ms"] = 1000 * batch_size / rows["ceiling_images_per_s"]
+    rows["error"] = ""
+    return pd.concat([rows, failed], ignore_index=True)
+
+
+def render(table: pd.DataFrame, settings: dict[str, Any], projected: tuple[float, list[str]] | None,
+           processes: int = 1) -> str:
+    concurrent = processes > 1
     lines = [
         "# Training speed and loop efficiency per method", "",
         "Written by `python -m benchmark.bench_performance` (one process, one device, methods interleaved over "
@@ -211,6 +239,10 @@ def render(table: pd.DataFrame, settings: dict[str, Any], projected: tuple[float
         "device, the same step, losses logged on the device, progress bar). Efficiency = ceiling time / loop time. "
         "Ratio = loop time relative to Strong-Only, measured in the same rounds.", "",
         *(f"- {key}: {value}" for key, value in settings.items()), "",
+        *([f"**{processes} processes measured at once on the one device** (as {processes} training runs sharing it "
+           "would be): img/s are the sums over the processes; loop ms/step is the effective time per step "
+           "(batch / summed img/s), with the range of the processes' own step times; efficiency and cost are "
+           "medians over the processes.", ""] if concurrent else []),
         "| method | row name | ceiling img/s | loop img/s | efficiency | loop ms/step (min-max) | cost vs Strong-Only |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -223,11 +255,33 @@ def render(table: pd.DataFrame, settings: dict[str, Any], projected: tuple[float
                      f"({row.loop_ms_min:.1f}-{row.loop_ms_max:.1f}) | {row.ratio_to_reference:.2f}x |")
     if projected is not None:
         seconds, missing = projected
-        lines += ["", f"**Projected training time of every configured run x seed at these step times: "
+        lines += ["", f"**Projected training time of every configured run x seed at these step times"
+                      f"{f', {processes} runs at a time' if concurrent else ''}: "
                       f"{seconds / 3600:.2f} h ({seconds / 60:.1f} min)**"
                   + (f" (not included, method not measured: {', '.join(missing)})" if missing else "")
                   + "; evaluation and data preparation not included."]
     return "\n".join(lines) + "\n"
+
+
+def run_workers(argv: list[str], processes: int, batch_size: int) -> pd.DataFrame:
+    """Start `processes` copies of this benchmark at once (CPU threads split between them), sum their results."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    base = [arg for index, arg in enumerate(argv)  # the same arguments without --processes and its value
+            if arg != "--processes" and not arg.startswith("--processes=")
+            and not (index > 0 and argv[index - 1] == "--processes")]
+    with tempfile.TemporaryDirectory() as folder:
+        outputs = [Path(folder) / f"worker_{i}.json" for i in range(processes)]
+        workers = [subprocess.Popen([sys.executable, "-m", "benchmark.bench_performance", *base, "--processes", "1",
+                                     "--threads", str(threads), "--table-json", str(out),
+                                     "--out", str(Path(folder) / f"worker_{i}.md")])
+                   for i, out in enumerate(outputs)]
+        codes = [worker.wait() for worker in workers]
+        if any(codes) or not all(out.is_file() for out in outputs):
+            raise SystemExit(f"bench_performance: a worker failed (exit codes {codes})")
+        tables = [pd.read_json(out, orient="records") for out in outputs]
+    for table in tables:
+        table["error"] = table["error"].fillna("")
+    return aggregate(tables, batch_size)
 
 
 def prepared_train_count(prepared: Path) -> int | None:
@@ -251,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=None, help="training images for the projection")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: params train.device)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure in K processes at once on the device and sum their throughput")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: params)")
+    parser.add_argument("--append", nargs="*", default=[], help="files appended verbatim (e.g. GPU measurements)")
+    parser.add_argument("--table-json", default=None, help=argparse.SUPPRESS)  # a worker's result (--processes)
     parser.add_argument("--out", default="reports/performance.md")
     args = parser.parse_args(argv)
 
@@ -265,14 +324,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in registry]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; registered: {', '.join(registry)}")
-    threads = configure_threads(int(train_params.get("num_threads", 0)))
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
+    threads = configure_threads(args.threads if args.threads is not None else int(train_params.get("num_threads", 0)))
     device = pick_device(args.device or train_params.get("device", "auto"))
     configure_determinism(train_params.get("deterministic", "auto"), device)
     numerics = Numerics.from_params(train_params, device)
     model_params = {**params["model"], "encoder_weights": None}  # weights do not change the cost
-    benches = measure(names, model_params, train_params, size, batch, args.steps, args.rounds, args.warmup,
-                      numerics, seed=args.seed, log=lambda line: print(line, file=sys.stderr))
-    table = summarise(benches, batch)
+    if args.processes > 1:
+        table = run_workers(argv if argv is not None else sys.argv[1:], args.processes, batch)
+    else:
+        benches = measure(names, model_params, train_params, size, batch, args.steps, args.rounds, args.warmup,
+                          numerics, seed=args.seed, log=lambda line: print(line, file=sys.stderr))
+        table = summarise(benches, batch)
+    if args.table_json:  # a worker of --processes: its table only
+        table.to_json(args.table_json, orient="records")
+        return 0
     n_train = args.n_train or prepared_train_count(Path(args.prepared))
     settings = {
         "batch": f"{batch} x 1 x {size} x {size}, half strong (mask) and half weak (box) images",
@@ -281,12 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         "numerics": f"{numerics.precision}, channels_last {numerics.channels_last}, fused Adam",
         "timing": f"{args.warmup} warm-up + {args.steps} timed steps per method and kind over "
                   f"{min(args.rounds, args.steps)} rounds",
-        "hardware": f"{hardware_description(device)}, torch {torch.__version__}, {threads} threads",
+        "hardware": f"{hardware_description(device)}, torch {torch.__version__}, "
+                    + (f"{args.processes} processes" if args.processes > 1 else f"{threads} threads"),
     }
     if n_train:
         settings["projection"] = (f"{len(all_runs(params))} configured runs, {n_train} training images, "
                                   f"{train_params['epochs']} epochs")
-    text = render(table, settings, projection(params, table, n_train) if n_train else None)
+    text = render(table, settings, projection(params, table, n_train) if n_train else None, args.processes)
+    for path in args.append:
+        if not Path(path).is_file():
+            parser.error(f"--append {path}: no such file")
+        text += (f"\n---\n\n*Appended from `{path}` (a measurement recorded by this script elsewhere, e.g. on a GPU; "
+                 "not re-measured by this run):*\n\n" + Path(path).read_text().replace("\n# ", "\n## "))
     atomic_write_text(Path(args.out), text)
     print(text)
     return 1 if table["error"].astype(bool).any() else 0

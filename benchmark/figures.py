@@ -27,6 +27,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from benchmark.data import PreparedData  # noqa: E402
+from benchmark.metrics import dice  # noqa: E402
 
 MASK_COLOUR, BOX_COLOUR = "#1f77ff", "#ffcc00"
 PREDICTION_COLOUR = "#ff2020"
@@ -119,12 +120,6 @@ def _outline(ax: plt.Axes, mask: np.ndarray, colour: str, linewidth: float = 1.0
         ax.contour(mask, levels=[0.5], colors=colour, linewidths=linewidth)
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two binary maps; both empty = 1 (the evaluation's rule)."""
-    total = int(prediction.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
-
-
 def _bare(ax: plt.Axes) -> None:
     ax.set_xticks([]), ax.set_yticks([])
 
@@ -209,7 +204,7 @@ def predictions_figure(data: PreparedData, examples: Sequence[tuple[str, dict[st
                 continue
             prediction = probabilities[positions[(domain, image_id)]].astype(np.float32) / 255.0 > threshold
             _outline(ax, prediction[rows, cols], PREDICTION_COLOUR)
-            ax.text(0.03, 0.03, f"{100 * _dice(prediction, truth > 0):.0f}", transform=ax.transAxes, fontsize=6,
+            ax.text(0.03, 0.03, f"{100 * dice(prediction, truth > 0):.0f}", transform=ax.transAxes, fontsize=6,
                     color="white", va="bottom", ha="left", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1,
                                                                   "linewidth": 0})
     axes[0, 0].set_title("image", fontsize=7)

@@ -311,7 +311,10 @@ def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedD
         "train_seconds": round(seconds_before + time.perf_counter() - started, 2),
         "resumed_from_epoch": first_epoch,
         "provenance": {**git_state(), "started": started_at, "finished": now_iso(), "seed": seed,
-                       "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint},
+                       "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint,
+                       "params": {"model": model_params, "train": train_params, "seeds": list(spec.seeds),
+                                  "run": {"method": spec.method, "row": spec.row,
+                                          "strong_fraction": spec.strong_fraction, "options": spec.options}}},
     }
     state = {key: value.detach().cpu() for key, value in method.state_dict().items()}
     return SeedResult(state, log_rows, {"counts": counts, "seed": seed_info})
