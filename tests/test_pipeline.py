@@ -121,3 +121,20 @@ def test_killed_stage_leaves_nothing_complete_and_resumes(pipeline_copy: Path):
     info = json.loads((run_dir / "train_info.json").read_text())
     assert info["seeds"]["0"]["resumed_from_epoch"] >= 1 and info["epochs"] == 3
     assert not (work / "checkpoints" / "strong_only_100").exists()
+
+
+def test_launcher_trains_stale_runs_side_by_side_and_dvc_records_them(pipeline_copy: Path):
+    work = pipeline_copy
+    run(["dvc", "repro"], work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["lr"] = 0.5 * float(params["train"]["lr"])
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["python", "-m", "benchmark.launch", "--per-gpu", "2", "--runs", "strong_only_100,strong_only_10"],
+              work)
+    assert "training 2 run(s), 2 at a time" in out and "trained and committed 2 run(s)" in out
+    status = run(["dvc", "status"], work)
+    assert "train@" not in status, "dvc commit recorded the launched runs"
+    assert "evaluate@strong_only_100" in status
+    repro = run(["dvc", "repro"], work)
+    assert "Running stage 'train@" not in repro and "Running stage 'evaluate@strong_only_10'" in repro
+    assert "nothing to launch" in run(["python", "-m", "benchmark.launch"], work)

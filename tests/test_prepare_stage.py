@@ -42,3 +42,14 @@ def test_unknown_source_is_a_config_error(tmp_path):
     params["data"]["source"] = "kaggle"
     with pytest.raises(ConfigError, match="data.source must be one of"):
         run_prepare(tmp_path, params)
+
+
+def test_same_inputs_give_byte_identical_prepared_files(tmp_path):
+    """Everything downstream depends on data/prepared: re-running the stage must not invalidate it."""
+    params = tiny_params()
+    outputs = []
+    for attempt in ("first", "second"):
+        (tmp_path / attempt).mkdir()
+        run_prepare(tmp_path / attempt, params)
+        outputs.append({path.name: path.read_bytes() for path in sorted((tmp_path / attempt / "prepared").iterdir())})
+    assert outputs[0].keys() == outputs[1].keys() and outputs[0] == outputs[1]
