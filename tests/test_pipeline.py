@@ -39,7 +39,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def pipeline_copy(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("repo")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("benchmark", "methods"):
+    for folder in ("benchmark", "methods", "measurements"):
         shutil.copytree(REPO / folder, work / folder, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, work / name)
@@ -133,8 +133,9 @@ def test_launcher_trains_stale_runs_side_by_side_and_dvc_records_them(pipeline_c
               work)
     assert "training 2 run(s), 2 at a time" in out and "trained and committed 2 run(s)" in out
     status = run(["dvc", "status"], work)
-    assert "train@" not in status, "dvc commit recorded the launched runs"
+    assert "train@strong_only_100:" not in status and "train@strong_only_10:" not in status, \
+        "dvc commit recorded the launched runs"
     assert "evaluate@strong_only_100" in status
     repro = run(["dvc", "repro"], work)
-    assert "Running stage 'train@" not in repro and "Running stage 'evaluate@strong_only_10'" in repro
+    assert "Running stage 'train@strong_only" not in repro and "Running stage 'evaluate@strong_only_10'" in repro
     assert "nothing to launch" in run(["python", "-m", "benchmark.launch"], work)
