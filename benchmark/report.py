@@ -391,10 +391,7 @@ def _training_curves(results: list[RunResult], runs_dir: Path) -> tuple[pd.DataF
         if not path.is_file():
             missing.append(result.name)
             continue
-        log = pd.read_csv(path)
-        if "seed" not in log:
-            log["seed"] = 0
-        grouped = log.groupby("epoch", sort=True)["total"]
+        grouped = pd.read_csv(path).groupby("epoch", sort=True)["total"]  # over seeds
         curve = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0), "n": grouped.size()})
         frames.append(curve.reset_index().assign(label=result.label))
     columns = ["label", "epoch", "mean", "std", "n"]
