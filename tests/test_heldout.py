@@ -6,14 +6,15 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from benchmark import heldout
 from benchmark.config import ConfigError, run_spec
-from benchmark.evaluate import evaluate_run
+from benchmark.evaluate import evaluate_run, predict_probabilities
 from benchmark.metrics import dice
 from benchmark.synthetic import generate_domain
-from benchmark.train import train_run
+from benchmark.train import build_method, train_run
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,6 @@ def test_scores_are_the_evaluate_stage_dice_on_the_fresh_images(trained, tmp_pat
     scores = pd.read_csv(csv)
     assert len(scores) == 10 and set(scores["generator_seed"]) == {101, 102}
     # recompute one image's Dice independently of the tool's batching
-    from benchmark.evaluate import predict_probabilities
-    from benchmark.train import build_method
-    import torch
     method = build_method(run_spec(params, "strong_only_100"), params["model"])
     method.load_state_dict(torch.load(runs_dir / "strong_only_100" / "models" / "seed_0.pt", weights_only=True))
     images, masks = heldout.fresh_cbis_sets(params["data"], [102], count=5)[102]
