@@ -2,9 +2,15 @@
 
 - `bce_loss`, `dice_loss`: plain pixel losses.
 - `structure_loss`: the pixel-position-aware loss of F3Net (Wei et al., AAAI 2020), the
-  paper's Eq. 1: weights w = 1 + 5 |avgpool_31(y) - y|; weighted BCE + weighted IoU.
+  paper's Eq. 1: weights w = 1 + 5 |avgpool_k(y) - y|; weighted BCE + weighted IoU.
   `bce_weighting="weighted"` follows Eq. 1; `"released"` reproduces F3Net's released code,
   whose BCE call passes the legacy `reduce='none'` and so returns the plain mean BCE.
+  The window k is the protocol's `train.structure_window`, set once per training by the trainer
+  (`structure_window(...)`, a context manager) so that every method gets the same one: "scaled"
+  (default) keeps F3Net's geometry, 31 px at its 352 px input, as `scaled_window(size)` = the odd
+  integer nearest 31 x size / 352, at least 3 (9 px at 96 px); an odd integer fixes it. At 96 px a
+  fixed 31 px window spans a whole mass, and the weight is a flat ~4.8 over it instead of rising
+  towards the boundary (centre 1.0, edge 3.5 at 352 px) - the emphasis Eq. 1 exists for.
 - `mask_loss`: the named terms of a mask loss chosen by a method option.
 - `perception_loss`: the paper's Eq. 2, 1 - TN / (TN + FP) for the auxiliary
   background branch, with soft counts over the pixels inside the boxes (y^w = 0).
@@ -16,10 +22,47 @@ targets are cast to float32 first: under bf16 autocast the network's logits are 
 """
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-6
+F3NET_WINDOW, F3NET_SIZE = 31, 352  # F3Net's avgpool window at its input size (and the paper's)
+MIN_WINDOW = 3
+
+_structure_window: ContextVar[str | int] = ContextVar("structure_window", default="scaled")
+
+
+def scaled_window(size: int) -> int:
+    """F3Net's 31 px window at 352 px, scaled to `size`: the nearest odd integer, at least 3."""
+    return max(MIN_WINDOW, 2 * round((F3NET_WINDOW * size / F3NET_SIZE - 1) / 2) + 1)
+
+
+def check_structure_window(value) -> str | int:
+    """The valid `train.structure_window` values: "scaled" or an odd integer >= 3."""
+    if value == "scaled" or (isinstance(value, int) and not isinstance(value, bool) and value >= MIN_WINDOW
+                             and value % 2 == 1):
+        return value
+    raise ValueError(f"train.structure_window must be 'scaled' or an odd integer >= {MIN_WINDOW}; got {value!r}")
+
+
+@contextlib.contextmanager
+def structure_window(value: str | int) -> Iterator[None]:
+    """Within this block, `structure_loss` without an explicit kernel uses window `value`."""
+    token = _structure_window.set(check_structure_window(value))
+    try:
+        yield
+    finally:
+        _structure_window.reset(token)
+
+
+def window_for(height: int, width: int) -> int:
+    """The structure loss's window for a (height, width) target under the current setting."""
+    setting = _structure_window.get()
+    return scaled_window(min(height, width)) if setting == "scaled" else int(setting)
 
 
 def full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -65,10 +108,12 @@ def box_mean(x: torch.Tensor, kernel: int) -> torch.Tensor:
 
 
 def structure_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                   bce_weighting: str = "weighted", kernel: int = 31, edge_gain: float = 5.0) -> torch.Tensor:
+                   bce_weighting: str = "weighted", kernel: int | None = None, edge_gain: float = 5.0) -> torch.Tensor:
+    """Eq. 1 per image, then the (weighted) batch mean; `kernel` None: the protocol's window (`window_for`)."""
     if bce_weighting not in ("weighted", "released"):
         raise ValueError(f"bce_weighting must be 'weighted' or 'released', got {bce_weighting!r}")
     logits, target = full_precision(logits), full_precision(target)
+    kernel = window_for(*target.shape[-2:]) if kernel is None else kernel
     pixel_weight = 1 + edge_gain * torch.abs(box_mean(target, kernel) - target)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if bce_weighting == "weighted":

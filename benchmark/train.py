@@ -41,6 +41,7 @@ from tqdm import tqdm
 from benchmark.artifacts import atomic_torch_save, atomic_write_csv, atomic_write_json, file_sha256
 from benchmark.config import ConfigError, RunSpec, load_params, run_spec
 from benchmark.data import PreparedData, load_prepared
+from benchmark.losses import structure_window
 from benchmark.runtime import (autocast, configure_determinism, configure_threads, git_state, hardware_description,
                                now_iso, package_versions, pick_device, resolve_precision, seed_everything)
 from benchmark.sampling import BatchSampler, TrainingSet
@@ -235,6 +236,17 @@ class SeedResult:
 
 def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
                show_progress: bool = True) -> SeedResult:
+    """One seed of a run, under the protocol's structure-loss window (`train.structure_window`, every method alike)."""
+    try:
+        window = structure_window(params["train"].get("structure_window", "scaled"))
+    except ValueError as error:
+        raise ConfigError(f"params.yaml: {error}") from error
+    with window:
+        return _train_seed(spec, seed, params, data, fingerprint, show_progress)
+
+
+def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
+                show_progress: bool) -> SeedResult:
     train_params, model_params = params["train"], params["model"]
     started_at, started = now_iso(), time.perf_counter()
     device = pick_device(train_params.get("device", "auto"))
@@ -253,6 +265,8 @@ def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedD
         make_sampler=lambda strong, weak, sub_seed: BatchSampler(training_set, batch_size, strong_share, strong, weak,
                                                                  sub_seed),
         train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=seed,
+        learning_rate=lambda step: poly_lr(float(train_params["lr"]), min(step // n_steps, epochs - 1), epochs,
+                                           float(train_params["poly_power"])),
     ))
     # created after the hook, so parameters a method froze there are not optimised
     optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],

@@ -46,6 +46,7 @@ class TrainContext:
                   uint8 (N, 1, H, W), `.is_strong` (N,) bool); `register_layer` adds a per-image layer
     make_sampler: (uses_strong, uses_weak, seed) -> a BatchSampler over the same set, for extra stages
     train_params: params.yaml `train`; total_steps / steps_per_epoch / epochs: the run's schedule
+    learning_rate: global step -> the optimiser's learning rate during that step (None: constant, `train.lr`)
     """
 
     training_set: "TrainingSet"
@@ -55,6 +56,10 @@ class TrainContext:
     epochs: int
     steps_per_epoch: int
     seed: int
+    learning_rate: Callable[[int], float] | None = None
+
+    def lr_at(self, step: int) -> float:
+        return self.learning_rate(step) if self.learning_rate is not None else float(self.train_params["lr"])
 
     @property
     def total_steps(self) -> int:

@@ -6,11 +6,15 @@ segmentation", AAAI 2022; a baseline of Xiong et al., ISBI 2024, Table 1 (row "D
 
 Follows the source:
 - dynamic instance indicator (DII): every weak image k carries gamma_k in [0, 1] (init 1) that multiplies
-  its loss; every tau steps (Algorithm 1) the indicators take one upper-level step along
-  g_S . H^-1 g_k with H^-1 ~ I: gamma_k <- clip(gamma_k + beta * s(g_S, g_k), 0, 1), where g_S is the
-  mean loss gradient on a batch of strong *training* images (never test or validation images) and g_k
-  the loss gradient of weak image k. A weak label whose gradient agrees with the strong images' is
-  trusted more; one that pulls against them (e.g. a box off the mass) is down-weighted;
+  its loss; every tau steps (Algorithm 1) the indicators take one upper-level gradient step. With the
+  one-step look-ahead theta' = theta - alpha grad, the upper-level gradient is
+  dL(X_S, theta')/dgamma_k = -alpha g_S . H^-1 g_k with H^-1 ~ I (Algorithm 1, lines 15-17), and the
+  step with the upper-level learning rate beta (line 19) is
+  gamma_k <- clip(gamma_k + beta alpha g_S . g_k, 0, 1): the raw gradient dot product, scaled by the
+  network's learning rate alpha. g_S is the mean loss gradient on a batch of strong *training* images
+  (never test or validation images) and g_k the loss gradient of weak image k. A weak label whose
+  gradient agrees with the strong images' is trusted more; one that pulls against them (e.g. a box off
+  the mass) is down-weighted. Default: `similarity: dot`, `lr_scaled: true`;
 - co-regularisation against the accumulation of errors from distorted weak labels, by a second network
   whose predictions regularise the first on the weak images, with a ramped weight.
 
@@ -19,10 +23,19 @@ Ours (reconstruction; each an option):
   with torch.func (functional_call + vmap + grad) for every weak image of the training set, with the
   network in eval mode (batch-norm on running statistics, so each image's gradient is its own) and the
   activations entering the last block computed without gradient;
-- `similarity`: s = cosine(g_S, g_k) (default: bounded, so `beta` is a step in gamma units), `scaled`
-  (g_S . g_k / (|g_S| mean_k |g_k|): keeps the relative size of the weak gradients), or `dot` (raw);
+- beta, which the source does not state: the step is written beta x (alpha_t / alpha_0) x g_S . g_k, i.e.
+  our `beta` is the source's beta times the initial learning rate alpha_0, so one value means the same
+  at any `train.lr`; alpha_t follows the run's schedule (poly decay). Default `beta: 1.0`: at the first
+  update gamma moves by the raw dot product. Measured at the default (96 px, lr 1e-3, after one epoch):
+  the dot products have median 0.15, 5-95% range -0.26..0.78, so a label that disagrees loses ~0.25 per
+  update early and less as alpha decays; a literal upper-level rate of 1 (our beta = alpha_0 = 1e-3)
+  would leave every gamma at 1, i.e. no DII at all. (At initialisation every weak gradient agrees: dots
+  6.7-12.9, all positive);
+- `similarity` other than the source's `dot`: `cosine` (cos(g_S, g_k), bounded) and `scaled`
+  (g_S . g_k / (|g_S| mean_k |g_k|)); `lr_scaled: false` drops the alpha_t / alpha_0 factor. An earlier
+  reading used cosine with a fixed beta 0.5 per update, not scaled by the learning rate;
 - `tau`: "epoch" (default: once per epoch, at its last step) or a number of optimiser steps;
-  `beta` 0.5; g_S from one strong batch of `batch_size` images drawn by its own sampler;
+  g_S from one strong batch of `batch_size` images drawn by its own sampler;
 - the loss of weak image k is gamma_k x loss(prediction, box target), summed over the weak images of the
   batch and divided by their count (a down-weighted image really counts less; no renormalisation);
 - co-regularisation: a mean teacher, an exponential moving average (`ema_decay` 0.99, with the usual
@@ -88,8 +101,9 @@ class DCR(SegmentationMethod):
         "bce_weighting": "weighted",
         "box_target": "filled",  # filled | ellipse | grabcut [ours]
         "tau": "epoch",  # DII update interval: "epoch" or a number of steps [src: tau; value ours]
-        "beta": 0.5,  # DII step size [ours]
-        "similarity": "cosine",  # cosine | scaled | dot [ours]
+        "beta": 1.0,  # DII step: the source's upper-level lr x alpha_0 [value ours]
+        "similarity": "dot",  # dot [src] | cosine | scaled [ours]
+        "lr_scaled": True,  # step x alpha_t / alpha_0, the network's lr schedule [src]
         "gamma_init": 1.0,  # [src]
         "dii_batch_size": 32,  # weak images per vmap call (memory only) [ours]
         "ema_decay": 0.99,  # teacher EMA [ours]
@@ -104,6 +118,8 @@ class DCR(SegmentationMethod):
         o = self.options
         if o["tau"] != "epoch" and not (isinstance(o["tau"], int) and o["tau"] > 0):
             raise ValueError(f"option tau must be 'epoch' or a positive number of steps, got {o['tau']!r}")
+        if not isinstance(o["lr_scaled"], bool):
+            raise ValueError(f"option lr_scaled must be true or false, got {o['lr_scaled']!r}")
         if not 0.0 <= float(o["gamma_init"]) <= 1.0 or not 0.0 <= float(o["ema_decay"]) <= 1.0:
             raise ValueError("options gamma_init and ema_decay must be in [0, 1]")
         self.student = build_unet(self.model_params)
@@ -228,10 +244,16 @@ class DCR(SegmentationMethod):
             dots = dots / (g_weak.norm(dim=1) * g_strong.norm()).clamp_min(EPS)
         elif similarity == "scaled":
             dots = dots / (g_weak.norm(dim=1).mean() * g_strong.norm()).clamp_min(EPS)
+        step_size = float(self.options["beta"]) * (self.lr_ratio() if self.options["lr_scaled"] else 1.0)
         index = weak_positions.to(self.gamma.device)
-        self.gamma[index] = (self.gamma[index] + float(self.options["beta"]) * dots.to(self.gamma.device)).clamp(0, 1)
+        self.gamma[index] = (self.gamma[index] + step_size * dots.to(self.gamma.device)).clamp(0, 1)
         self.dii_updates += 1
         return dots
+
+    def lr_ratio(self) -> float:
+        """alpha_t / alpha_0: the network's learning rate during the step just taken, relative to the first."""
+        context = self._context
+        return context.lr_at(max(self.step - 1, 0)) / context.lr_at(0)
 
     def image_weights(self, batch: Batch) -> torch.Tensor:
         """gamma of each image of the batch (1 for strong images, or before on_train_start)."""

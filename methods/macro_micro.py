@@ -15,7 +15,9 @@ Follows the source (abstract level):
   weights of the macro model to the micro model.
 
 Ours (reconstruction; every choice an option):
-- both models are the configured U-Net; the micro model predicts at test time (`predict_with: micro`):
+- both models are the configured U-Net, starting from identical weights (the macro model is a copy of
+  the micro model at build time): the UEMA below averages their deep weights, which only means something
+  for networks with one starting point; the micro model predicts at test time (`predict_with: micro`):
   it is the one trained on masks, i.e. on the boundaries the benchmark measures;
 - `box_target`: the macro model's target from each box: `filled` (default) | `ellipse` | `grabcut`;
   the macro model learns from the weak images only, as the source's weakly-labelled stage
@@ -40,6 +42,7 @@ Ours (reconstruction; every choice an option):
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -110,7 +113,9 @@ class MacroMicro(SegmentationMethod):
         if isinstance(layers, str) or not all(isinstance(prefix, str) for prefix in layers):
             raise ValueError("option ema_layers must be a list of parameter-name prefixes, e.g. ['encoder.layer4']")
         self.micro = build_unet(self.model_params)
-        self.macro = build_unet(self.model_params)
+        # one starting point: the UEMA mixes macro into micro weights, which presupposes related networks
+        # (two independent random inits of layer4 have a cosine of ~0.001; their average is neither)
+        self.macro = copy.deepcopy(self.micro)
         micro_state = self._weights(self.micro)
         self.ema_names = sorted(name for name, tensor in micro_state.items()
                                 if tensor.is_floating_point() and any(self._under(name, p) for p in layers))

@@ -27,9 +27,15 @@ Ours, where the paper is silent (each is an option unless stated):
   (strides 2..32), never the stride-1 input identity (the U-Net decoder does not read it).
 - the FD convolutions are plain 1x1 convolutions with bias (PyTorch default initialisation), no norm or
   activation; odd channel counts split as floor / ceil (not an option).
-- `prompt_levels`: which features U multiplies. "fd" (default): the levels `fd_levels` names (f_r there;
-  with FD off, the raw feature there, so the w/o-FD ablation still prompts the deepest feature); "deepest":
-  only the stride-32 feature; "all": every skip level (strides 2..32).
+- `prompt_levels`: which features U multiplies (the paper: "multiplied with lesion-related features f_r",
+  no level named). "all" (default): every skip level (strides 2..32), f_r where FD splits and the raw
+  feature elsewhere; "fd": the levels `fd_levels` names (with FD off, the raw feature there); "deepest":
+  only the stride-32 feature. The reading before the fairness study, "fd" with `fd_levels: deepest`, is
+  degenerate at the default 96 px: the stride-32 feature is 3 x 3, no mass box covers one of its cells,
+  so area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
+  feature's energy instead of pointing at the mass (at 352 px the level is 11 x 11). The study
+  (studies/fair_comparison/report.md) ruled it out before the runs and chose among the others on
+  held-out images.
 - `prompt_resize`: how the full-resolution U is brought to a feature map's size: "area" (default: mean over
   each cell, so a small uncertain area is never skipped by the subsampling) or "bilinear".
 - `detach_prompt`: false (default) lets the segmentation loss back-propagate through U into Dec_a and
@@ -86,7 +92,7 @@ class Ours(SegmentationMethod):
         "spatial_prompt": True,        # SPM (Table 2: w/o SPM = false)
         "perception_loss": True,       # PL, Eq. 2 (Table 2: w/o PL = false)
         "fd_levels": "deepest",        # deepest | all
-        "prompt_levels": "fd",         # fd | deepest | all
+        "prompt_levels": "all",        # all | fd | deepest
         "prompt_resize": "area",       # area | bilinear
         "detach_prompt": False,
         "bce_weighting": "weighted",   # weighted | released

@@ -90,7 +90,7 @@ def test_structure_loss_modes_differ_where_edges_exist(pair):
 def test_structure_loss_per_image_weight(pair):
     logits, target = pair
     first = structure_reference(logits[0, 0], target[0, 0], "weighted")
-    got = structure_loss(torch.tensor(logits), torch.tensor(target), weight=torch.tensor([True, False]))
+    got = structure_loss(torch.tensor(logits), torch.tensor(target), weight=torch.tensor([True, False]), kernel=31)
     assert float(got) == pytest.approx(first, rel=1e-9)
     # no selected image: exactly zero, finite, and still differentiable
     x = torch.tensor(logits, requires_grad=True)

@@ -144,7 +144,7 @@ def test_without_fd_and_spm_both_decoders_read_the_same_features():
 
 
 def test_without_fd_the_prompt_scales_the_raw_deepest_feature():
-    method = make(feature_disentangle=False)
+    method = make(feature_disentangle=False, prompt_levels="fd")
     seen = spy_inputs(method)
     method.eval()
     with torch.no_grad():
@@ -187,8 +187,9 @@ def test_fd_all_splits_every_skip_level_but_the_input():
 
 
 @pytest.mark.parametrize("options, prompted", [
-    ({}, [5]),
-    ({"fd_levels": "all"}, [1, 2, 3, 4, 5]),
+    ({}, [1, 2, 3, 4, 5]),
+    ({"prompt_levels": "fd"}, [5]),
+    ({"fd_levels": "all", "prompt_levels": "fd"}, [1, 2, 3, 4, 5]),
     ({"prompt_levels": "all"}, [1, 2, 3, 4, 5]),
     ({"fd_levels": "all", "prompt_levels": "deepest"}, [5]),
 ])
