@@ -12,10 +12,11 @@ split is never read. Then it applies the rule and writes `report.md` and `result
 file: per variant the held-out Dice and S_m over seeds (mean ± std), the per-seed paired difference from
 the reference variant, the choice, and whether params.yaml follows it.
 
-Resumable: each finished (variant, seed) leaves `work/<method>/<variant>/seed_<s>/scores.csv`, and an
-interrupted training resumes from its per-epoch checkpoint under `work/checkpoints`; re-running the
-command continues where it stopped. `work/` is a scratch folder (git-ignored), the report and the
-results table are the study's record.
+Resumable: each finished (variant, seed) leaves its per-image scores in
+`scores/<method>/<variant>/seed_<s>.csv` beside the study file (small, committed: the study's record, so a
+fresh clone continues where the last one stopped), and an interrupted training resumes from its per-epoch
+checkpoint under `work/checkpoints`; re-running the command continues where it stopped. `work/` (models,
+checkpoints, the rendered fresh images) is a git-ignored scratch folder.
 
 Why not `dvc exp run --queue`: a DVC experiment re-runs the pipeline's evaluate and report stages, which
 score on the test split, the one thing a tuning study must not look at; and it would copy the workspace
@@ -37,13 +38,16 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_text
+from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_text, read_json
 from benchmark.config import ConfigError, load_params, run_spec
 from benchmark.evaluate import load_run_models, predict_probabilities
 from benchmark.heldout import fresh_cbis_sets
 from benchmark.metrics import dice, smeasure
 from benchmark.runtime import configure_threads, pick_device
 from benchmark.train import build_method, train_run
+
+
+PROTOCOL_COLUMNS = ("epochs", "image_size", "precision", "git_commit")  # recorded with every training's scores
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Study:
     @property
     def work(self) -> Path:
         return self.folder / "work"
+
+    def scores_path(self, variant: "Variant", seed: int) -> Path:
+        return self.folder / "scores" / variant.method / variant.name / f"seed_{seed}.csv"
 
     def methods(self) -> list[str]:
         return list(dict.fromkeys(v.method for v in self.variants))
@@ -138,11 +145,11 @@ def fresh_sets(study: Study, data_params: dict[str, Any]) -> dict[int, tuple[np.
 
 def run_study(study: Study, params: dict[str, Any], prepared: Path, methods: list[str]) -> None:
     """Train and score every (variant, seed) of the given methods that has no scores yet."""
-    configure_threads(int(params["train"].get("num_threads", 0)))
+    configure_threads(int(params["train"].get("num_threads", 0)))  # train_run sets it again, from the same key
     device = pick_device(params["train"].get("device", "auto"))
     sets = fresh_sets(study, params["data"])
     todo = [(v, s) for v in study.variants if v.method in methods for s in study.seeds
-            if not (study.work / v.method / v.name / f"seed_{s}" / "scores.csv").is_file()]
+            if not study.scores_path(v, s).is_file()]
     threshold, batch_size = float(params["evaluate"]["threshold"]), int(params["evaluate"]["batch_size"])
     for variant, seed in tqdm(todo, desc="study", unit="training"):
         out = study.work / variant.method / variant.name / f"seed_{seed}"
@@ -153,7 +160,11 @@ def run_study(study: Study, params: dict[str, Any], prepared: Path, methods: lis
         method = build_method(spec, params["model"]).to(device)
         method.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
         scores = score_model(method, sets, threshold, batch_size, device, f"{variant.method}/{variant.name}/seed {seed}")
-        atomic_write_csv(out / "scores.csv", scores)  # last: marks this (variant, seed) done
+        info = read_json(out / name / "train_info.json")  # what trained it, so the report can check it is one protocol
+        provenance = info["seeds"][str(seed)]["provenance"]
+        scores = scores.assign(epochs=info["epochs"], image_size=info["image_size"], precision=info["precision"],
+                               git_commit=provenance["git_commit"], git_dirty=provenance["git_dirty"])
+        atomic_write_csv(study.scores_path(variant, seed), scores)  # last: marks this (variant, seed) done
 
 
 def collect(study: Study) -> pd.DataFrame:
@@ -161,13 +172,14 @@ def collect(study: Study) -> pd.DataFrame:
     rows = []
     for v in study.variants:
         for seed in study.seeds:
-            path = study.work / v.method / v.name / f"seed_{seed}" / "scores.csv"
+            path = study.scores_path(v, seed)
             if path.is_file():
                 scores = pd.read_csv(path)
                 rows.append({"method": v.method, "variant": v.name, "seed": seed, "n_images": len(scores),
                              "dice": round(100 * scores["dice"].mean(), 3),
-                             "smeasure": round(100 * scores["smeasure"].mean(), 3)})
-    return pd.DataFrame(rows, columns=["method", "variant", "seed", "n_images", "dice", "smeasure"])
+                             "smeasure": round(100 * scores["smeasure"].mean(), 3),
+                             **{key: scores[key].iloc[0] for key in PROTOCOL_COLUMNS}})
+    return pd.DataFrame(rows, columns=["method", "variant", "seed", "n_images", "dice", "smeasure", *PROTOCOL_COLUMNS])
 
 
 def choose(study: Study, results: pd.DataFrame, method: str) -> tuple[str | None, str]:
@@ -203,6 +215,20 @@ def configured_variant(study: Study, params: dict[str, Any], method: str) -> str
     return None
 
 
+def protocol_line(results: pd.DataFrame, params: dict[str, Any]) -> str:
+    """Whether every training of the study ran one protocol, and the current params.yaml's."""
+    if results.empty:
+        return "No training has finished yet."
+    used = results[["epochs", "image_size", "precision"]].drop_duplicates()
+    commits = ", ".join(sorted({str(c)[:10] for c in results["git_commit"]}))
+    text = "; ".join(f"{r.epochs} epochs, {r.image_size} px, {r.precision}" for r in used.itertuples())
+    same = len(used) == 1 and int(used.iloc[0]["epochs"]) == int(params["train"]["epochs"]) \
+        and int(used.iloc[0]["image_size"]) == int(params["data"]["image_size"])
+    verdict = "one protocol, today's default schedule" if same else \
+        "**not one protocol, or not today's default schedule: re-run the study**"
+    return f"Trainings: {text} (code at {commits}): {verdict}."
+
+
 def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -> str:
     lines = [f"# Study: {study.folder.name}", "",
              f"Written by `python -m benchmark.study {study.path}`; every number below is measured on fresh synthetic "
@@ -211,7 +237,8 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              f"Training: the default params.yaml ({params['train']['epochs']} epochs, {params['data']['image_size']} px, "
              f"structure window {params['train'].get('structure_window', 'scaled')}), seeds "
              f"{', '.join(map(str, study.seeds))}.", "", f"**Rule** (written before the runs): {study.rule}", "",
-             f"Variants per method: " + ", ".join(f"{m} {sum(v.method == m for v in study.variants)}"
+             protocol_line(results, params),
+             "", f"Variants per method: " + ", ".join(f"{m} {sum(v.method == m for v in study.variants)}"
                                                    for m in study.methods()) + ".", ""]
     for method in study.methods():
         variants = [v for v in study.variants if v.method == method]
@@ -259,9 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="write the report from the finished trainings")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: params.yaml train.num_threads); 1 on a busy machine, "
+                             "where 2 threads per process stall each other")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        if args.threads is not None:
+            params["train"]["num_threads"] = args.threads
         if params["data"].get("source", "synthetic") != "synthetic":
             raise ConfigError("benchmark.study decides on fresh synthetic images: data.source must be 'synthetic'.")
         study = load_study(args.study, params)

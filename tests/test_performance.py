@@ -12,6 +12,7 @@ import torch
 
 from benchmark import bench_performance
 from benchmark.sampling import BatchSampler, TrainingSet, normalise
+from benchmark.runtime import cpu_has_native_bf16
 from benchmark.train import Numerics
 
 
@@ -67,7 +68,7 @@ def test_normalise_is_the_documented_standardisation():
 
 def test_cpu_numerics_follow_params():
     cpu = torch.device("cpu")
-    assert Numerics.from_params({"precision": "auto"}, cpu).precision == "fp32"
+    assert Numerics.from_params({"precision": "auto"}, cpu).precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert Numerics.from_params({"precision": "bf16", "channels_last": True}, cpu).channels_last
 
 

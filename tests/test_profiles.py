@@ -10,6 +10,7 @@ import yaml
 
 from benchmark.config import all_runs, load_params
 from benchmark.networks import WeightsUnavailableError, build_unet
+from benchmark.runtime import cpu_has_native_bf16
 from benchmark.train import Numerics, make_optimizer, poly_lr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_paper_profile_is_the_papers_protocol():
     # smp's own default decoder is the paper's U-Net
     assert params["model"]["decoder_channels"] == [256, 128, 64, 32, 16]
     # bf16 on a GPU that has it, float32 on a CPU
-    assert Numerics.from_params(train, torch.device("cpu")).precision == "fp32"
+    assert Numerics.from_params(train, torch.device("cpu")).precision == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
 def test_paper_profile_differs_from_the_default_only_in_protocol_values():

@@ -31,11 +31,12 @@ def test_tiny_study_trains_scores_resumes_and_reports(tiny_prepared, tmp_path):
     results = collect(study)
     assert len(results) == 6 and set(results["n_images"]) == {3}
     assert results["dice"].between(0, 100).all() and results["smeasure"].between(0, 100).all()
-    scores = pd.read_csv(study.work / "strong_weak" / "neck" / "seed_1" / "scores.csv")
+    done = study.folder / "scores" / "strong_weak" / "neck" / "seed_1.csv"
+    scores = pd.read_csv(done)
     assert set(scores["generator_seed"]) == {8} and len(scores) == 3, "fresh images only, never the test split"
-    stamp = (study.work / "strong_weak" / "neck" / "seed_1" / "scores.csv").stat().st_mtime_ns
+    stamp = done.stat().st_mtime_ns
     run_study(study, params, prepared, ["strong_weak"])  # everything done: nothing re-trained
-    assert (study.work / "strong_weak" / "neck" / "seed_1" / "scores.csv").stat().st_mtime_ns == stamp
+    assert done.stat().st_mtime_ns == stamp
     chosen, _ = choose(study, results, "strong_weak")
     assert chosen in ("plain", "neck")
     report = render_report(study, params, results)
