@@ -3,11 +3,11 @@
 `prepare` (synthetic or real) hands `write_prepared` two domains of uint8 images
 and binary masks at the training resolution. This module derives the weak
 labels (one tight box per connected mask component), draws the train/test split
-and the strong-label order once from a seed, and writes:
+(`data.split`, see benchmark.splits) and the strong-label order once from a seed, and writes:
 
     <out>/cbis.npz, <out>/inbreast.npz   images, masks, boxes  (N, H, W) uint8
     <out>/manifest.csv                   one row per image (see MANIFEST_COLUMNS)
-    <out>/prepare_report.json            counts and anything skipped
+    <out>/prepare_report.json            counts, the split and its same-breast count, anything skipped
 
 The strong subset at fraction f is every training image whose `strong_rank`
 is below round(f * n_train): subsets at different budgets are nested by
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from benchmark.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
 DOMAINS = ("cbis", "inbreast")
 MANIFEST_COLUMNS = [
@@ -95,23 +97,25 @@ def _domain_manifest(domain: str, arrays: DomainArrays, box_margin: int) -> tupl
 
 
 def assign_split_and_rank(manifest: pd.DataFrame, seed: int, test_fraction: float,
-                          official_split: bool = False) -> pd.DataFrame:
-    """Draw the CBIS train/test split and the strong-label order once; INbreast is test only."""
+                          split: str = "random") -> pd.DataFrame:
+    """Draw the CBIS train/test split (kinds: benchmark.splits) and the strong-label order once;
+    INbreast is test only."""
     manifest = manifest.copy()
     rng = np.random.default_rng(seed)
     is_cbis = (manifest["domain"] == "cbis").to_numpy()
     cbis_rows = np.flatnonzero(is_cbis)
-    split = np.full(len(manifest), "test", dtype=object)
-    if official_split:
+    labels = np.full(len(manifest), "test", dtype=object)
+    if check_split(split) == "official":
         if "official_split" not in manifest:
             raise ValueError("data.split is 'official' but the data source provides no official_split column")
-        split[cbis_rows] = manifest.loc[is_cbis, "official_split"].to_numpy()
+        labels[cbis_rows] = manifest.loc[is_cbis, "official_split"].to_numpy()
     else:
-        order = rng.permutation(cbis_rows)
-        n_test = int(round(test_fraction * len(cbis_rows)))
-        split[order[n_test:]] = "train"
-    manifest["split"] = split
-    train_rows = np.flatnonzero(split == "train")
+        # random: every image its own key (the paper's image-level draw); random_by_patient: one per breast
+        keys = (breast_keys(manifest.loc[is_cbis]).reset_index(drop=True) if split == "random_by_patient"
+                else pd.Series(np.arange(len(cbis_rows))))
+        labels[cbis_rows[~draw_test(keys, rng, test_fraction)]] = "train"
+    manifest["split"] = labels
+    train_rows = np.flatnonzero(labels == "train")
     rank = np.full(len(manifest), -1, dtype=int)
     rank[rng.permutation(train_rows)] = np.arange(len(train_rows))
     manifest["strong_rank"] = rank
@@ -125,7 +129,7 @@ def _atomic_replace_dir(tmp_dir: Path, out_dir: Path) -> None:
 
 
 def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, split_seed: int,
-                   test_fraction: float, box_margin: int = 0, official_split: bool = False,
+                   test_fraction: float, box_margin: int = 0, split: str = "random",
                    report: dict | None = None) -> pd.DataFrame:
     """Write both domains, the manifest and the report; the folder appears only once complete."""
     out_dir = Path(out_dir)
@@ -144,7 +148,7 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
         frame, boxes = _domain_manifest(name, domains[name], box_margin)
         frames.append(frame)
         np.savez(tmp_dir / f"{name}.npz", images=domains[name].images, masks=domains[name].masks, boxes=boxes)
-    manifest = assign_split_and_rank(pd.concat(frames, ignore_index=True), split_seed, test_fraction, official_split)
+    manifest = assign_split_and_rank(pd.concat(frames, ignore_index=True), split_seed, test_fraction, split)
     columns = MANIFEST_COLUMNS + [c for c in manifest.columns if c not in MANIFEST_COLUMNS]
     manifest = manifest[columns]
     manifest.to_csv(tmp_dir / "manifest.csv", index=False)
@@ -158,7 +162,9 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
         }
         for name in DOMAINS
     }
-    (tmp_dir / "prepare_report.json").write_text(json.dumps({"domains": summary, **(report or {})}, indent=2))
+    split_report = {"kind": split, "seed": split_seed, **same_breast_leaks(manifest)}
+    (tmp_dir / "prepare_report.json").write_text(
+        json.dumps({"domains": summary, "split": split_report, **(report or {})}, indent=2))
     _atomic_replace_dir(tmp_dir, out_dir)
     return manifest
 

@@ -319,6 +319,17 @@ def _software_line(results: list[RunResult]) -> str | None:
                                                    if differ else "") + "."
 
 
+def _split_clause(split: dict[str, Any] | None) -> str:
+    """The split in use and how many CBIS test images have a view of the same breast in training."""
+    if not split:  # data prepared before the split was recorded
+        return ""
+    text = (f" Split: {split['kind']}; {split['test_images_with_breast_in_train']} of {split['test_images']} CBIS "
+            "test images have a view of the same breast in training")
+    if not str(split.get("breast", "")).startswith("patient"):
+        text += " (no patient metadata: every image counts as its own breast)"
+    return text + "."
+
+
 def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any],
                   claims: list[str]) -> list[str]:
     domains = prepare_report.get("domains", {})
@@ -341,7 +352,7 @@ def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_repo
         "",
         f"- **Data:** {data_line}. CBIS: {cbis.get('train', '?')} train / {cbis.get('test', '?')} test images; "
         f"INbreast: {inbreast.get('test', '?')} test images; prepared at {first.get('image_size', '?')} x "
-        f"{first.get('image_size', '?')} px.",
+        f"{first.get('image_size', '?')} px." + _split_clause(prepare_report.get("split")),
         f"- **Network:** U-Net with a {first['encoder']} encoder ({weights}); {first.get('epochs', '?')} epochs x "
         f"{first.get('steps_per_epoch', '?')} steps, batch {first.get('batch_size', '?')}"
         + (f", {'/'.join(precision)} precision" if precision else "")

@@ -188,7 +188,7 @@ def test_load_real_domains_feeds_write_prepared(tmp_path):
     assert report["cbis"]["images"] == 4 and report["inbreast"]["images"] == 2
     assert len(report["skipped"]) == 2 + 3
     manifest = write_prepared(tmp_path / "prepared", domains, split_seed=0, test_fraction=0.25,
-                              official_split=True, report=report)
+                              split="official", report=report)
     cbis = manifest[manifest["domain"] == "cbis"]
     assert list(cbis["split"]) == ["train", "train", "test", "test"]
     assert (manifest.loc[manifest["domain"] == "inbreast", "split"] == "test").all()

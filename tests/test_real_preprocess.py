@@ -6,7 +6,7 @@ import pytest
 
 from benchmark.real import RealDataError
 from benchmark.real.dicomio import read_header, read_pixels, write_dicom
-from benchmark.real.preprocess import clip_and_scale, crop_box, find_breast, preprocess_pair, resize_pair
+from benchmark.real.preprocess import MaskOutsideCrop, clip_and_scale, find_breast, preprocess_pair, resize_pair
 from benchmark.real.settings import PreprocessSettings, preprocess_settings, real_settings
 
 
@@ -37,12 +37,24 @@ def test_breast_box_ignores_labels_and_borders(shape):
     assert box[1] < int(0.85 * shape[0]) and box[3] < int(0.75 * shape[1])  # neither label nor border inside
 
 
-def test_crop_box_never_cuts_a_mass():
+@pytest.mark.parametrize("policy", ["uncropped", "skip"])
+def test_a_mask_outside_the_breast_never_shapes_the_crop(policy):
     image, _ = scanned_film(200, 120)
-    mask = np.zeros(image.shape, dtype=bool)
-    mask[150:190, 100:110] = True  # a (pathological) mass outside the breast blob
-    y0, y1, x0, x1 = crop_box(find_breast(image), mask)
-    assert mask[y0:y1, x0:x1].sum() == mask.sum()
+    inside = np.zeros(image.shape, dtype=bool)
+    inside[60:80, 20:40] = True
+    outside = inside.copy()
+    outside[150:190, 100:110] = True  # a (pathological) mass beside the breast, near the label
+    settings = PreprocessSettings(image_size=32, mask_outside_crop=policy)
+    _, _, kept = preprocess_pair(image, inside, settings)
+    assert kept["mask_outside_crop"] == 0 and kept["crop_box"] == kept["breast_box"] == list(find_breast(image).box)
+    if policy == "skip":
+        with pytest.raises(MaskOutsideCrop, match="400 mask pixels lie outside"):
+            preprocess_pair(image, outside, settings)
+        return
+    _, out_mask, info = preprocess_pair(image, outside, settings)
+    assert info["breast_box"] == kept["breast_box"]  # the breast box comes from the image alone
+    assert info["mask_outside_crop"] == 400 and info["crop_box"] == [0, 200, 0, 120]  # whole image kept
+    assert out_mask.sum() > 0
 
 
 def test_preprocess_crops_image_and_mask_together():

@@ -27,10 +27,11 @@ def load_real_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]
     report = {
         "source": "real",
         "preprocess": {"image_size": preprocess.image_size, "breast_crop": preprocess.breast_crop,
-                       "flip_to_left": preprocess.flip_to_left,
+                       "mask_outside_crop": preprocess.mask_outside_crop, "flip_to_left": preprocess.flip_to_left,
                        "clip_percentiles": list(preprocess.clip_percentiles)},
         "cbis": cbis_report,
         "inbreast": inbreast_report,
+        "warnings": cbis_report["warnings"],
         "skipped": cbis_report["skipped"] + inbreast_report["skipped"],
     }
     return {"cbis": cbis, "inbreast": inbreast_arrays}, report

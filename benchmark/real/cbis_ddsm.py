@@ -7,6 +7,7 @@ rows that share an image, and preprocesses the pairs in worker processes.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ import numpy as np
 
 from benchmark.real.dicomio import read_header, read_pixels
 from benchmark.real.parallel import run_parallel
-from benchmark.real.preprocess import preprocess_pair
+from benchmark.real.preprocess import MaskOutsideCrop, outside_crop_report, preprocess_pair
 from benchmark.real.settings import PreprocessSettings, RealDataError, RealSettings
 
 if TYPE_CHECKING:  # workers import this module; pandas (via benchmark.data) would only slow their start
@@ -28,11 +29,13 @@ IMAGE_COL, CROP_COL, ROI_COL = "image file path", "cropped image file path", "RO
 LAYOUT_HELP = {
     "uid": "<root>/Mass-Training_P_00001_LEFT_CC/<StudyUID>/<SeriesUID>/000000.dcm as in the CSV paths "
            "(TCIA), with the two mass_case_description_*_set.csv files in <root> or <root>/csv",
-    "nbia": "<root>/[CBIS-DDSM/]Mass-Training_P_00001_LEFT_CC/<date>-DDSM-NA-<n>/1.000000-full mammogram "
-            "images-<n>/1-1.dcm (NBIA Data Retriever), with the two mass description CSVs in <root>",
+    "nbia": "<root>/[manifest-<n>/][CBIS-DDSM/]Mass-Training_P_00001_LEFT_CC/<date>-DDSM-NA-<n>/1.000000-full "
+            "mammogram images-<n>/1-1.dcm (NBIA Data Retriever; <root> may be the download folder, the "
+            "manifest-<n> folder or CBIS-DDSM), with the two mass description CSVs in <root> or below it",
     "kaggle": "<root>/csv/{mass_case_description_train_set.csv, mass_case_description_test_set.csv, "
               "dicom_info.csv} and <root>/jpeg/<SeriesUID>/1-NNN.jpg (Kaggle JPEG copy)",
 }
+IMAGE_FOLDER_PREFIXES = ("Mass-Training", "Mass-Test", "Calc-Training", "Calc-Test")
 PROBE_ROWS = 64  # enough CSV rows to recognise a layout even when part of the download is missing
 
 
@@ -77,28 +80,56 @@ def _clean_path(cell: str) -> str:
     return cell.strip().replace("\\", "/").strip("/")
 
 
+def _csv_problem(path: Path, line: int, what: str) -> RealDataError:
+    return RealDataError(f"{path}, line {line}: {what}. The file looks damaged or truncated: download it "
+                         "again from the TCIA CBIS-DDSM page.")
+
+
 def read_mass_csv(path: str | Path, split: str) -> list[MassRow]:
-    """Mass rows of one description CSV; every cell is stripped (the ROI cell ends in a quoted newline)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+    """Mass rows of one description CSV; every cell is stripped (the ROI cell ends in a quoted newline).
+
+    A garbled or truncated file is an error naming the file and the line of the first bad record."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _csv_problem(path, raw[:error.start].count(b"\n") + 1, f"not UTF-8 text ({error.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
         header = [name.strip() for name in next(reader, [])]
-        missing = [c for c in (IMAGE_COL, CROP_COL, ROI_COL, "patient_id", "abnormality type") if c not in header]
-        if missing:
-            raise RealDataError(f"{path}: not a CBIS-DDSM description CSV; missing columns {missing}.")
-        rows = []
-        for cells in reader:
-            if not any(cell.strip() for cell in cells):
-                continue
-            cell = dict(zip(header, (c.strip() for c in cells)))
-            if cell.get("abnormality type", "").lower() != "mass":
-                continue
-            rows.append(MassRow(
-                split=split, patient_id=cell["patient_id"], laterality=cell.get("left or right breast", ""),
-                view=cell.get("image view", ""), abnormality_id=cell.get("abnormality id", ""),
-                shape=cell.get("mass shape", ""), margins=cell.get("mass margins", ""),
-                pathology=cell.get("pathology", ""), image_path=_clean_path(cell[IMAGE_COL]),
-                crop_path=_clean_path(cell[CROP_COL]), roi_path=_clean_path(cell[ROI_COL]),
-            ))
+    except csv.Error as error:
+        raise _csv_problem(path, reader.line_num, f"unreadable header ({error})") from None
+    missing = [c for c in (IMAGE_COL, CROP_COL, ROI_COL, "patient_id", "abnormality type") if c not in header]
+    if missing:
+        raise RealDataError(f"{path}: not a CBIS-DDSM description CSV; missing columns {missing}.")
+    rows = []
+    while True:
+        start = reader.line_num + 1  # a record spans two lines: the ROI cell holds a newline
+        try:
+            cells = next(reader, None)
+        except csv.Error as error:  # e.g. the file ends inside a quoted cell
+            raise _csv_problem(path, start, f"unreadable record ({error})") from None
+        if cells is None:
+            break
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) < len(header) or any(cell.strip() for cell in cells[len(header):]):
+            raise _csv_problem(path, start, f"{len(cells)} cells where the header has {len(header)}")
+        cell = dict(zip(header, (c.strip() for c in cells)))
+        if cell.get("abnormality type", "").lower() != "mass":
+            continue
+        empty = [c for c in ("patient_id", IMAGE_COL, CROP_COL, ROI_COL) if not cell[c]]
+        if empty or not cell[IMAGE_COL].lower().endswith(".dcm"):
+            what = f"empty {', '.join(empty)}" if empty else f"image file path {cell[IMAGE_COL][:60]!r} is not a .dcm path"
+            raise _csv_problem(path, start, what)
+        rows.append(MassRow(
+            split=split, patient_id=cell["patient_id"], laterality=cell.get("left or right breast", ""),
+            view=cell.get("image view", ""), abnormality_id=cell.get("abnormality id", ""),
+            shape=cell.get("mass shape", ""), margins=cell.get("mass margins", ""),
+            pathology=cell.get("pathology", ""), image_path=_clean_path(cell[IMAGE_COL]),
+            crop_path=_clean_path(cell[CROP_COL]), roi_path=_clean_path(cell[ROI_COL]),
+        ))
     return rows
 
 
@@ -116,12 +147,38 @@ def _layout_error(root: Path, what: str, layouts=("uid", "nbia", "kaggle")) -> R
     return RealDataError(f"data.real.cbis_root = {root}: {what}. Expected CBIS-DDSM in this layout:\n{expected}")
 
 
-def _bases(root: Path) -> list[Path]:
-    return [root] + ([root / "CBIS-DDSM"] if (root / "CBIS-DDSM").is_dir() else [])
+def _holds_image_folders(folder: Path) -> bool:
+    """Whether `folder` directly holds CBIS-DDSM image folders (Mass-Training_P_00001_LEFT_CC, ...)."""
+    try:
+        return any(entry.is_dir() and entry.name.startswith(IMAGE_FOLDER_PREFIXES) for entry in folder.iterdir())
+    except OSError:
+        return False
+
+
+def resolve_root(root: Path) -> Path:
+    """The folder holding the image folders: `root` itself (the CBIS-DDSM folder, or a TCIA UID tree), its
+    CBIS-DDSM/ (NBIA's manifest-* folder) or <root>/manifest-*/CBIS-DDSM (NBIA's download folder).
+    Two candidates are an error that lists them; none: `root` (the Kaggle layout, or a later error)."""
+    candidates = [root, root / "CBIS-DDSM", *sorted(root.glob("manifest-*/CBIS-DDSM"))]
+    found = [folder for folder in dict.fromkeys(candidates) if folder.is_dir() and _holds_image_folders(folder)]
+    if len(found) > 1:
+        listed = "\n".join(f"  {folder}" for folder in found)
+        raise RealDataError(f"data.real.cbis_root = {root}: {len(found)} folders hold CBIS-DDSM image folders:\n"
+                            f"{listed}\nSet data.real.cbis_root to the one to use (or merge them into one).")
+    return found[0] if found else root
+
+
+def _csv_folders(root: Path, base: Path, layout: str) -> list[Path]:
+    """Where the description CSVs may be: the image folder's own level and every level up to `root`,
+    each also with a csv/ subfolder (users put them beside the NBIA download or inside it)."""
+    if layout == "kaggle":
+        return [root / "csv"]
+    levels = [base, *[parent for parent in base.parents if parent == root or root in parent.parents]]
+    return [folder for level in levels for folder in (level, level / "csv")]
 
 
 def _find_csvs(root: Path, layout: str) -> dict[str, Path]:
-    folders = [root / "csv"] if layout == "kaggle" else [d for b in _bases(root) for d in (b, b / "csv")]
+    folders = _csv_folders(root, resolve_root(root), layout)
     for folder in folders:
         found = {split: folder / name for split, name in CSV_NAMES.items()}
         if all(path.is_file() for path in found.values()):
@@ -209,9 +266,8 @@ class KaggleLayout:
 def detect_layout(root: Path, requested: str, rows: list[MassRow]):
     """The layout whose files exist for the most of the first CSV rows (or the requested one, checked)."""
     probe = rows[:PROBE_ROWS]
-    candidates = []
-    for base in _bases(root):
-        candidates += [UidLayout(base), NbiaLayout(base)]
+    base = resolve_root(root)
+    candidates = [UidLayout(base), NbiaLayout(base)]
     if requested in ("auto", "kaggle") and (root / "csv" / DICOM_INFO).is_file() and (root / "jpeg").is_dir():
         candidates.append(KaggleLayout(root))
     scored = [(sum(bool(layout.full(row)) for row in probe), layout) for layout in candidates
@@ -325,6 +381,8 @@ def decode_image(task: ImageTask) -> dict:
             resized += was_resized
             mask_paths.append(path)
         prepared, prepared_mask, info = preprocess_pair(image, mask, task.settings)
+    except MaskOutsideCrop as error:
+        return {"image_id": task.image_id, "skipped": str(error), "mask_outside_crop": True}
     except Unusable as error:
         return {"image_id": task.image_id, "skipped": str(error)}
     except Exception as error:  # anything unforeseen in one image is recorded, not fatal to the run
@@ -342,9 +400,16 @@ def check_root(root: Path, layout: str) -> None:
 def load_cbis(settings: RealSettings) -> tuple[DomainArrays, dict]:
     root = settings.cbis_root
     check_root(root, settings.cbis_layout)
-    rows = []
+    rows, warnings = [], []
     for split, path in _find_csvs(root, settings.cbis_layout).items():
-        rows += read_mass_csv(path, split)
+        found = read_mass_csv(path, split)
+        if not found and settings.split == "official":
+            raise RealDataError(f"{path}: no mass rows (only a header?); data.split: official needs CBIS-DDSM's "
+                                "train and test description CSVs, both complete.")
+        if not found:
+            warnings.append(f"{path}: no mass rows (only a header?); the {split} images are missing, the "
+                            f"{settings.split} split draws from the other CSV's images alone.")
+        rows += found
     if not rows:
         raise _layout_error(root, "the mass description CSVs hold no mass rows")
     layout = detect_layout(root, settings.cbis_layout, rows)
@@ -371,7 +436,9 @@ def load_cbis(settings: RealSettings) -> tuple[DomainArrays, dict]:
         "images": len(kept), "masses": sum(len(metadata[r["image_id"]]) for r in kept),
         "merged_rows": sum(len(metadata[r["image_id"]]) - 1 for r in kept),
         "resized_masks": sum(r["resized_masks"] for r in kept),
-        "rescued_masks": sum(r["mask_rescued"] for r in kept), "skipped": skipped,
+        "rescued_masks": sum(r["mask_rescued"] for r in kept),
+        "mask_outside_crop": outside_crop_report(results, settings.preprocess, "image_id"),
+        "warnings": warnings, "skipped": skipped,
     }
     if not kept:
         reasons = "; ".join(f"{s['item']}: {s['reason']}" for s in skipped[:5])
@@ -396,7 +463,9 @@ def _domain_arrays(kept: list[dict], metadata: dict[str, list[MassRow]]) -> Doma
         "view": column(lambda r, g: g[0].view),
         "n_masses": column(lambda r, g: len(g)),
         "pathology": column(lambda r, g: "|".join(dict.fromkeys(row.pathology for row in g))),
+        "breast_box": column(lambda r, g: " ".join(map(str, r["breast_box"]))),
         "crop_box": column(lambda r, g: " ".join(map(str, r["crop_box"]))),
+        "mask_outside_crop": column(lambda r, g: r["mask_outside_crop"]),
         "flipped": column(lambda r, g: r["flipped"]),
         "mask_rescued": column(lambda r, g: r["mask_rescued"]),
     }

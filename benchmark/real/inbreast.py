@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmark.real.dicomio import read_pixels
 from benchmark.real.parallel import run_parallel
-from benchmark.real.preprocess import preprocess_pair
+from benchmark.real.preprocess import MaskOutsideCrop, outside_crop_report, preprocess_pair
 from benchmark.real.settings import PreprocessSettings, RealDataError, RealSettings
 
 if TYPE_CHECKING:  # workers import this module; pandas (via benchmark.data) would only slow their start
@@ -110,6 +110,8 @@ def decode_image(task: InbreastTask) -> dict:
         if not mask.any():
             return {"file_name": task.file_name, "skipped": "every Mass polygon lies outside the image"}
         prepared, prepared_mask, info = preprocess_pair(image, mask, task.settings)
+    except MaskOutsideCrop as error:
+        return {"file_name": task.file_name, "skipped": str(error), "mask_outside_crop": True}
     except Exception as error:  # a corrupt DICOM costs this image only, with the reason on record
         return {"file_name": task.file_name, "skipped": f"{task.dicom_path}: unreadable ({type(error).__name__}: {error})"}
     return {"file_name": task.file_name, "image": prepared, "mask": prepared_mask,
@@ -173,7 +175,9 @@ def load_inbreast(settings: RealSettings) -> tuple[DomainArrays, dict]:
         "root": str(root), "csv": str(table_path) if table else None, "dicoms": len(dicoms), "xmls": len(xmls),
         "images": len(kept), "masses": sum(len(by_name[r["file_name"]].polygons) for r in kept),
         "xml_without_mass": no_mass, "dicoms_without_xml": len(set(dicoms) - {x.stem for x in xmls}),
-        "rescued_masks": sum(r["mask_rescued"] for r in kept), "skipped": skipped,
+        "rescued_masks": sum(r["mask_rescued"] for r in kept),
+        "mask_outside_crop": outside_crop_report(results, settings.preprocess, "file_name"),
+        "skipped": skipped,
     }
     if not kept:
         reasons = "; ".join(f"{s['item']}: {s['reason']}" for s in skipped[:5])
@@ -197,7 +201,9 @@ def _domain_arrays(kept, by_name, dicoms, table) -> DomainArrays:
         "acr": [meta[n].get("acr") for n in names],
         "birads": [meta[n].get("birads") for n in names],
         "n_masses": [len(by_name[n].polygons) for n in names],
+        "breast_box": [" ".join(map(str, r["breast_box"])) for r in kept],
         "crop_box": [" ".join(map(str, r["crop_box"])) for r in kept],
+        "mask_outside_crop": [r["mask_outside_crop"] for r in kept],
         "flipped": [r["flipped"] for r in kept],
         "mask_rescued": [r["mask_rescued"] for r in kept],
     }

@@ -1,12 +1,28 @@
 """Turn one decoded mammogram and its full-resolution mask into the prepared square uint8 pair.
 
 Steps, each switchable in `data.preprocess`:
-  1. find the breast: blur, Otsu threshold, largest connected component (on a small copy);
-  2. breast_crop: cut image and mask to the breast's bounding rectangle (never cutting a mass);
-  3. flip_to_left: mirror so the breast touches the left edge (side measured from the breast blob, so it
+  1. find the breast from the image alone (`find_breast`, method below), on a small copy;
+  2. breast_crop: cut image and mask to the breast's bounding rectangle. The rectangle never depends on the
+     mask. Where mask pixels fall outside it, `mask_outside_crop` decides: `uncropped` keeps the whole image,
+     `skip` drops the image (`MaskOutsideCrop`); the loaders count and list such images in the report;
+  3. flip_to_left: mirror so the breast touches the left edge (side measured from the breast region, so it
      needs no laterality tag and cannot be misled by a wrong one);
   4. clip_percentiles: clip to percentiles of the breast pixels and scale to 0..255;
   5. resize to image_size x image_size: area averaging for the image, nearest neighbour for the mask.
+
+Breast segmentation, for scanned films (CBIS-DDSM) and digital mammograms (INbreast) alike:
+  - background from the image: the film base of a scanned film (not zero, uneven) or the zero background of
+    a detector is the dominant peak of the grey-level histogram. Zack's triangle threshold (OpenCV
+    THRESH_TRIANGLE; Zack et al., J Histochem Cytochem 1977) puts a threshold at that peak's foot on its
+    bright side: dense and fatty tissue are both above it (Otsu would split dense from fatty tissue and
+    lose the faint part of the breast);
+  - a morphological opening with a disk wider than scanner border strips and their glow, label strokes
+    and tape edges detaches them from the breast; the largest connected component is the breast, with the
+    pectoral muscle (as bright as the breast or brighter, and joined to it);
+  - a geodesic dilation by the disk's radius, through pixels brighter than the background peak's upper
+    half-width (half maximum), gives back what the opening shaved off (nipple, corners at the image edge)
+    and the faintest fatty tissue up to the skin line, without spreading further along a border's glow;
+    holes are filled.
 """
 from __future__ import annotations
 
@@ -14,11 +30,22 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from benchmark.real.settings import PreprocessSettings
 
-WORK_SIDE = 512  # the breast is found on a copy this big: Otsu and labelling on 15 Mpx would cost more than decoding
-EDGE_FRAME = 0.02  # scanner borders and tape hug the image edge; clearing this frame stops them joining the breast
+WORK_SIDE = 512  # the breast is found on a copy this big: morphology on 15 Mpx would cost more than decoding
+MEDIAN_SIDE = 5  # px on the small copy: film grain, dust and JPEG noise out before the histogram is taken
+# Top of the grey-level stretch, as a percentile: a small label at the scanner's maximum must not squeeze
+# the breast and the film base into a few grey levels.
+STRETCH_PERCENTILE = 99.5
+# Opening disk diameter as a share of the small copy's short side. On DDSM films, scanner borders with the
+# glow along them reach ~6% into the image above the triangle threshold; the breast is far wider.
+OPENING_SHARE = 0.08
+
+
+class MaskOutsideCrop(Exception):
+    """Mask pixels lie outside the breast crop and `data.preprocess.mask_outside_crop` is `skip`."""
 
 
 @dataclass(frozen=True)
@@ -45,30 +72,46 @@ def _largest_component(foreground: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
-def find_breast(image: np.ndarray) -> Breast:
-    """Locate the breast as the largest bright blob, ignoring labels, tape and scanner borders."""
-    height, width = image.shape
+def _background_upper_halfwidth(grey: np.ndarray) -> int:
+    """Grey level where the background peak has fallen to half its height on the bright side, measured
+    as the mirror of its dark side (which no tissue contaminates)."""
+    hist = np.bincount(grey.ravel(), minlength=256)
+    mode = int(np.argmax(hist))
+    darker = np.flatnonzero(hist[:mode + 1] < hist[mode] / 2)
+    return mode + max(1, mode - int(darker[-1]) if darker.size else 0)
+
+
+def breast_region(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The breast as a boolean mask on the small copy, and the copy's scale (small = full * scale)."""
     small, scale = _small_copy(image)
-    low, high = float(small.min()), float(small.max())
+    low, high = float(small.min()), float(np.percentile(small, STRETCH_PERCENTILE))
+    if high <= low:
+        high = float(small.max())
     if high <= low:  # a flat image has no breast to find: keep everything
-        return Breast((0, height, 0, width), True, image.ravel()[:: max(1, image.size // 65536)])
-    grey = ((small - low) * (255.0 / (high - low))).astype(np.uint8)
-    grey = cv2.GaussianBlur(grey, (5, 5), 0)
-    _, foreground = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    frame = max(1, round(EDGE_FRAME * min(foreground.shape)))
-    inner = np.zeros_like(foreground)
-    inner[frame:-frame, frame:-frame] = foreground[frame:-frame, frame:-frame]
-    # Opening cuts the thin bridges through which a label or a border strip touches the breast.
-    inner = cv2.morphologyEx(inner, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    region = _largest_component(inner if inner.any() else foreground)
+        return np.ones(small.shape, dtype=bool), scale
+    grey = np.clip((small - low) * (255.0 / (high - low)), 0, 255).astype(np.uint8)
+    grey = cv2.medianBlur(grey, MEDIAN_SIDE)
+    _, foreground = cv2.threshold(grey, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_TRIANGLE)
+    radius = max(1, round(OPENING_SHARE * min(grey.shape) / 2))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    # Zero outside the image: a strip along the edge must be eroded from both sides to disappear.
+    opened = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    region = _largest_component(opened if opened.any() else foreground).astype(np.uint8)
+    tissue = (grey > _background_upper_halfwidth(grey)).astype(np.uint8) | foreground
+    step = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    for _ in range(radius):  # geodesic dilation: one pixel per step, only through tissue
+        region = cv2.dilate(region, step) & tissue
+    return ndimage.binary_fill_holes(region > 0), scale
+
+
+def find_breast(image: np.ndarray) -> Breast:
+    """Locate the breast from the pixels alone (method: see the module docstring)."""
+    height, width = image.shape
+    region, scale = breast_region(image)
     rows, cols = np.nonzero(region)
-    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     small_h, small_w = region.shape
-    # The chest wall lies on an image edge; where the breast reaches the cleared frame, give the frame back.
-    y0, x0 = (0 if y0 <= frame else y0), (0 if x0 <= frame else x0)
-    y1, x1 = (small_h if y1 >= small_h - frame else y1), (small_w if x1 >= small_w - frame else x1)
-    box = (int(np.floor(y0 / scale)), min(height, int(np.ceil(y1 / scale))),
-           int(np.floor(x0 / scale)), min(width, int(np.ceil(x1 / scale))))
+    box = (int(np.floor(rows.min() / scale)), min(height, int(np.ceil((rows.max() + 1) / scale))),
+           int(np.floor(cols.min() / scale)), min(width, int(np.ceil((cols.max() + 1) / scale))))
     # Sample real (not averaged) pixels at the small grid's cell centres so the percentiles see true extremes.
     row_at = np.minimum(((np.arange(small_h) + 0.5) / scale).astype(int), height - 1)
     col_at = np.minimum(((np.arange(small_w) + 0.5) / scale).astype(int), width - 1)
@@ -76,14 +119,18 @@ def find_breast(image: np.ndarray) -> Breast:
     return Breast(box, bool(cols.mean() < small_w / 2.0), pixels)
 
 
-def crop_box(breast: Breast, mask: np.ndarray) -> tuple[int, int, int, int]:
-    """The breast rectangle grown to contain every mask pixel: a crop must never remove part of a mass."""
-    y0, y1, x0, x1 = breast.box
-    rows, cols = np.nonzero(mask)
-    if rows.size:
-        y0, y1 = min(y0, int(rows.min())), max(y1, int(rows.max()) + 1)
-        x0, x1 = min(x0, int(cols.min())), max(x1, int(cols.max()) + 1)
-    return y0, y1, x0, x1
+def mask_outside(box: tuple[int, int, int, int], mask: np.ndarray) -> int:
+    """How many mask pixels a crop to `box` (y0, y1, x0, x1) would cut off."""
+    y0, y1, x0, x1 = box
+    return int(np.count_nonzero(mask)) - int(np.count_nonzero(mask[y0:y1, x0:x1]))
+
+
+def outside_crop_report(results: list[dict], settings: PreprocessSettings, id_key: str) -> dict:
+    """Report section on the images whose mask leaves the breast crop (worker results carry a nonzero
+    `mask_outside_crop`): how many, which, and what was done with them."""
+    listed = [result[id_key] for result in results if result.get("mask_outside_crop")]
+    return {"images": len(listed), "action": settings.mask_outside_crop if settings.breast_crop else "no crop",
+            "listed": listed}
 
 
 def clip_and_scale(image: np.ndarray, reference: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
@@ -107,16 +154,29 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 
 
 def preprocess_pair(image: np.ndarray, mask: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Full-resolution image (any dtype, brighter = denser) and mask -> prepared (S, S) uint8 image and {0,1} mask."""
+    """Full-resolution image (any dtype, brighter = denser) and mask -> prepared (S, S) uint8 image and {0,1} mask.
+
+    info: breast_box (from the image alone), crop_box (what was cut: the breast box, or the whole image),
+    mask_outside_crop (mask pixels outside the breast box), flipped, mask_rescued.
+    Raises MaskOutsideCrop when mask pixels fall outside the breast box and the setting says `skip`.
+    """
     if image.shape != mask.shape:
         raise ValueError(f"image {image.shape} and mask {mask.shape} differ")
     breast = find_breast(image)
     height, width = image.shape
-    y0, y1, x0, x1 = crop_box(breast, mask) if settings.breast_crop else (0, height, 0, width)
+    outside = mask_outside(breast.box, mask) if settings.breast_crop else 0
+    crop = breast.box if settings.breast_crop else (0, height, 0, width)
+    if outside:
+        if settings.mask_outside_crop == "skip":
+            raise MaskOutsideCrop(f"{outside} mask pixels lie outside the breast crop {list(breast.box)} "
+                                  "(data.preprocess.mask_outside_crop: skip)")
+        crop = (0, height, 0, width)
+    y0, y1, x0, x1 = crop
     image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
     flipped = settings.flip_to_left and not breast.on_left
     if flipped:
         image, mask = image[:, ::-1], mask[:, ::-1]
     scaled = clip_and_scale(image, breast.pixels, settings.clip_percentiles)
     image_u8, mask_u8, rescued = resize_pair(scaled, mask, settings.image_size)
-    return image_u8, mask_u8, {"crop_box": [y0, y1, x0, x1], "flipped": flipped, "mask_rescued": rescued}
+    return image_u8, mask_u8, {"breast_box": list(breast.box), "crop_box": [y0, y1, x0, x1],
+                               "mask_outside_crop": outside, "flipped": flipped, "mask_rescued": rescued}

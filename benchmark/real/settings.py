@@ -8,7 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.splits import check_split
+
 CBIS_LAYOUTS = ("auto", "uid", "nbia", "kaggle")
+MASK_OUTSIDE_CROP = ("uncropped", "skip")  # what to do with an image whose mask leaves the breast crop
 
 
 class RealDataError(ValueError):
@@ -21,6 +24,7 @@ class PreprocessSettings:
     breast_crop: bool = True
     flip_to_left: bool = False
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    mask_outside_crop: str = "uncropped"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class RealSettings:
     cbis_layout: str
     workers: int
     preprocess: PreprocessSettings
+    split: str = "random"  # data.split: an empty train or test CSV is an error only under 'official'
 
 
 def _mapping(params: dict, key: str) -> dict:
@@ -66,6 +71,13 @@ def _percentiles(preprocess: dict) -> tuple[float, float]:
     return (low, high)
 
 
+def _choice(preprocess: dict, key: str, allowed: tuple[str, ...]) -> str:
+    value = preprocess.get(key, allowed[0])
+    if value not in allowed:
+        raise RealDataError(f"data.preprocess.{key} must be one of {', '.join(allowed)}, got {value!r}.")
+    return value
+
+
 def preprocess_settings(data_params: dict) -> PreprocessSettings:
     size = data_params.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 8:
@@ -76,6 +88,7 @@ def preprocess_settings(data_params: dict) -> PreprocessSettings:
         breast_crop=_flag(preprocess, "breast_crop", True),
         flip_to_left=_flag(preprocess, "flip_to_left", False),
         clip_percentiles=_percentiles(preprocess),
+        mask_outside_crop=_choice(preprocess, "mask_outside_crop", MASK_OUTSIDE_CROP),
     )
 
 
@@ -93,4 +106,5 @@ def real_settings(data_params: dict) -> RealSettings:
         cbis_layout=layout,
         workers=workers or (os.cpu_count() or 1),
         preprocess=preprocess_settings(data_params),
+        split=check_split(data_params.get("split", "random")),
     )
