@@ -1,4 +1,6 @@
 """The prepare stage on both sources writes the same prepared format (real: on small format fixtures)."""
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -19,7 +21,7 @@ def run_prepare(tmp_path, params):
     return load_prepared(tmp_path / "prepared")
 
 
-@pytest.mark.parametrize("split", ["random", "official"])
+@pytest.mark.parametrize("split", ["random", "random_by_patient", "official"])
 def test_real_source_through_the_stage(tmp_path, split):
     cbis_root = write_uid_tree(tmp_path / "cbis", standard_cases())
     write_inbreast_tree(tmp_path / "inbreast")
@@ -33,6 +35,9 @@ def test_real_source_through_the_stage(tmp_path, split):
     assert {"official_split", "mask_resized", "original_path"} <= set(manifest.columns)
     if split == "official":
         pd.testing.assert_series_equal(cbis.split, cbis.official_split, check_names=False)
+    report = json.loads((tmp_path / "prepared" / "prepare_report.json").read_text())
+    assert report["split"]["kind"] == split and report["split"]["breast"] == "patient_id + laterality"
+    assert report["split"]["test_images"] == (cbis.split == "test").sum()
     assert (tmp_path / "preview.png").stat().st_size > 1000
     assert data.arrays["cbis"]["images"].shape[1:] == (S, S)
 
@@ -42,6 +47,15 @@ def test_unknown_source_is_a_config_error(tmp_path):
     params["data"]["source"] = "kaggle"
     with pytest.raises(ConfigError, match="data.source must be one of"):
         run_prepare(tmp_path, params)
+
+
+def test_an_unknown_split_fails_before_any_data_is_read(tmp_path):
+    params = tiny_params()
+    params["data"].update(source="real", split="patient")
+    params["data"]["real"].update(cbis_root=str(tmp_path / "nowhere"), inbreast_root=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"data\.split must be one of random, random_by_patient, official"):
+        run_prepare(tmp_path, params)
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_same_inputs_give_byte_identical_prepared_files(tmp_path):

@@ -209,9 +209,9 @@ def write_kaggle_tree(root: Path, cases: list[Case]) -> Path:
     return root
 
 
-def settings_for(root: Path, layout: str = "auto", workers: int = 1, **preprocess):
+def settings_for(root: Path, layout: str = "auto", workers: int = 1, split: str = "random", **preprocess):
     return real_settings({
-        "image_size": S, "preprocess": {**EXACT, **preprocess},
+        "image_size": S, "preprocess": {**EXACT, **preprocess}, "split": split,
         "real": {"cbis_root": str(root), "inbreast_root": str(root / "inbreast"), "cbis_layout": layout, "workers": workers},
     })
 

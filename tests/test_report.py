@@ -130,6 +130,8 @@ def test_summary_states_source_time_seeds_code_and_claims(rendered):
     text, _, _ = rendered
     summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
     assert "**synthetic stand-in**" in summary
+    assert ("Split: random; 0 of 4 CBIS test images have a view of the same breast in training (no patient "
+            "metadata: every image counts as its own breast).") in summary
     assert "CPU test (2 threads)" in summary
     assert "**Total time** of the 4 runs (8 trainings, train + evaluate): 8.3 min." in summary  # 4 x (2 x 60 + 5) s
     assert "**Seeds:** 2 per run (0, 1)" in summary

@@ -169,11 +169,16 @@ def resolve_root(root: Path) -> Path:
 
 
 def _csv_folders(root: Path, base: Path, layout: str) -> list[Path]:
-    """Where the description CSVs may be: the image folder's own level and every level up to `root`,
-    each also with a csv/ subfolder (users put them beside the NBIA download or inside it)."""
+    """Where the description CSVs may be: every level from the image folder up to `root`, and above `root`
+    while it is inside an NBIA download (CBIS-DDSM/ -> manifest-*/ -> download folder), each level also
+    with a csv/ subfolder. The README asks for them in the download folder."""
     if layout == "kaggle":
         return [root / "csv"]
     levels = [base, *[parent for parent in base.parents if parent == root or root in parent.parents]]
+    top = root
+    while top.name == "CBIS-DDSM" or top.name.startswith("manifest-"):
+        top = top.parent
+        levels.append(top)
     return [folder for level in levels for folder in (level, level / "csv")]
 
 
