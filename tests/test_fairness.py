@@ -17,18 +17,10 @@ from benchmark.sampling import BatchSampler
 from methods import get_method
 from methods.base import TrainContext
 from tests.conftest import REPO, tiny_params
-from tests.test_baselines_mechanisms import CPU, disc_data
+from tests.test_baselines_mechanisms import CPU, disc_data, one_thread  # noqa: F401 (autouse fixture)
 
 DEFAULT_MODEL = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
 TINY_MODEL = tiny_params()["model"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def disc(size: int, radius_fraction: float) -> torch.Tensor:
