@@ -43,7 +43,7 @@ from benchmark.config import ConfigError, load_params, run_spec
 from benchmark.evaluate import load_run_models, predict_probabilities
 from benchmark.heldout import fresh_cbis_sets
 from benchmark.metrics import dice, smeasure
-from benchmark.runtime import configure_threads, pick_device
+from benchmark.runtime import pick_device
 from benchmark.train import build_method, train_run
 
 
@@ -145,7 +145,6 @@ def fresh_sets(study: Study, data_params: dict[str, Any]) -> dict[int, tuple[np.
 
 def run_study(study: Study, params: dict[str, Any], prepared: Path, methods: list[str]) -> None:
     """Train and score every (variant, seed) of the given methods that has no scores yet."""
-    configure_threads(int(params["train"].get("num_threads", 0)))  # train_run sets it again, from the same key
     device = pick_device(params["train"].get("device", "auto"))
     sets = fresh_sets(study, params["data"])
     todo = [(v, s) for v in study.variants if v.method in methods for s in study.seeds
