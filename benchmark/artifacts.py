@@ -1,18 +1,38 @@
-"""Writing stage outputs so that a killed stage never leaves a file that looks finished.
+"""Writing stage outputs so that a killed stage never leaves a file that looks finished, and naming them.
 
-Every output is written to `<name>.tmp` beside its final path and renamed in one step.
+Every output is written to `<name>.tmp` beside its final path and renamed in one step. A stage that
+starts removes the outputs it is about to rewrite, and those downstream of them in the same run folder,
+so that a failed or killed stage leaves nothing under runs/<run>/ that looks like a result.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+
+from benchmark.cli import MissingOutputError
+
+# what each stage writes into runs/<run>/ (directories end with "/"), the file marking completion first,
+# the order in which a starting stage removes them
+TRAIN_OUTPUTS = ("train_info.json", "train_log.csv", "models/")
+EVALUATION_OUTPUTS = ("metrics.json", "per_image.csv", "examples.npz")
+
+
+def remove_outputs(run_dir: str | Path, names: tuple[str, ...]) -> None:
+    """Delete these outputs of a run folder (missing ones are fine)."""
+    for name in names:
+        path = Path(run_dir) / name.rstrip("/")
+        if name.endswith("/"):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _tmp_path(path: Path) -> Path:
@@ -55,7 +75,7 @@ def atomic_savez(path: str | Path, **arrays: Any) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing. Run the stage that writes it (`dvc repro`).")
+        raise MissingOutputError(f"{path}: missing. Run the stage that writes it (`dvc repro`).")
     return json.loads(path.read_text())
 
 

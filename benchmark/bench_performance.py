@@ -46,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.artifacts import atomic_write_text
+from benchmark.cli import run_cli
 from benchmark.config import all_runs, load_params
 from benchmark.runtime import configure_determinism, configure_threads, hardware_description, pick_device
 from benchmark.sampling import BatchSampler, TrainingSet
@@ -366,4 +367,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,36 +1,404 @@
-"""Reading `params.yaml`: the one place every stage gets its configuration from.
+"""Reading and checking `params.yaml`: the one place every stage gets its configuration from.
 
-Stages never hard-code protocol values; they call `load_params()` and pick the
-section they declared as a DVC params dependency, so DVC knows exactly which
-edits invalidate which stage.
+`load_params()` reads the file and checks it against the schema below before a stage touches any
+output; stages then pick the section they declared as a DVC params dependency, so DVC knows which
+edits invalidate which stage. The schema declares every key once, with its type and range (pydantic,
+strict: "abc", true or null is never turned into a number). Adding a key is one line in its
+section's class; a key the schema does not know is refused. Every violation is one line naming the
+key, the value and what is allowed:
+
+    params.yaml: train.epochs = 0: must be an integer >= 1
+
+Checks that need more than the file (the prepared data, a method's label kinds and options, the
+machine's devices, the encoder weights) run at the start of the stage that needs them, before it
+touches an output (benchmark.train, benchmark.evaluate).
 """
-from __future__ import annotations
-
+import importlib.util
+import json
+import pkgutil
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic.fields import FieldInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from benchmark.cli import ReportedError
 
 PARAMS_FILE = Path("params.yaml")
+SEED_MAX = 2**32 - 1  # numpy's global seeding (np.random.seed) takes 32-bit seeds
+ENCODER_STRIDE = 32  # a depth-5 encoder halves the image 5 times: the side must be a multiple of 2**5
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a folder name under runs/ and a DVC stage key
 
 
-class ConfigError(ValueError):
-    """A value in params.yaml is missing or wrong; the message names the key."""
+class ConfigError(ReportedError, ValueError):
+    """A value in params.yaml is missing or wrong; one line per problem, naming the key."""
+
+
+# -- value types: each carries the sentence an error message uses for "what is allowed" -----------------
+def _bounds(kind: str, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> str:
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else None
+    if low and high:
+        return f"{kind} in {low}, {high}"
+    if low:
+        return f"{kind} {'>=' if ge is not None else '>'} {low[1:]}"
+    if high:
+        return f"{kind} {'<=' if le is not None else '<'} {high[:-1]}"
+    return kind
+
+
+def Integer(ge: int | None = None, le: int | None = None, multiple_of: int | None = None) -> Any:
+    text = _bounds("an integer", ge=ge, le=le) + (f" and a multiple of {multiple_of}" if multiple_of else "")
+    return Annotated[int, Field(ge=ge, le=le, multiple_of=multiple_of, description=text)]
+
+
+def Number(ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A finite real number (an integer is accepted, a boolean or a string is not)."""
+    return Annotated[float, Field(ge=ge, gt=gt, le=le, lt=lt, allow_inf_nan=False,
+                                  description=_bounds("a number", ge=ge, gt=gt, le=le, lt=lt))]
+
+
+def OneOf(*values: str) -> Any:
+    return Annotated[Literal[values], Field(description="one of " + ", ".join(values))]
+
+
+def _distinct(values: list) -> list:
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(map(str, repeated))} more than once")
+    return values
+
+
+def _auto_or_flag(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError("neither auto nor a boolean")
+
+
+def _percentile_pair(value: list[float]) -> list[float]:
+    if not value[0] < value[1]:
+        raise ValueError("low must be below high")
+    return value
+
+
+Flag = Annotated[bool, Field(description="true or false")]
+Text = Annotated[str, Field(min_length=1, description="a non-empty string")]
+Probability = Number(ge=0, le=1)
+Seed = Integer(ge=0, le=SEED_MAX)
+SeedList = Annotated[list[Seed], Field(min_length=1, description=f"a non-empty list of distinct integers in "
+                                                                 f"[0, {SEED_MAX}]"), AfterValidator(_distinct)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+                              description="auto, cpu, cuda or cuda:N (N = 0, 1, ...: a GPU index)")]
+AutoOrFlag = Annotated[Union[Literal["auto"], bool], PlainValidator(_auto_or_flag),
+                       Field(description="auto, true or false")]
+PercentilePair = Annotated[list[Number(ge=0, le=100)], Field(min_length=2, max_length=2),
+                           AfterValidator(_percentile_pair)]
+Percentiles = Annotated[PercentilePair | None, Field(description="null or [low, high] with 0 <= low < high <= 100")]
+
+
+def method_names() -> list[str]:
+    """The method files under methods/ (found without importing the package, which needs torch)."""
+    found = importlib.util.find_spec("methods")
+    locations = list(found.submodule_search_locations or []) if found else []
+    return sorted(info.name for info in pkgutil.iter_modules(locations) if info.name != "base"
+                  and not info.name.startswith("_"))
+
+
+def _known_method(name: str) -> str:
+    if name not in method_names():
+        raise ValueError(f"there is no methods/{name}.py; available: {', '.join(method_names())}")
+    return name
+
+
+def _cross_check(message: str) -> PydanticCustomError:
+    """A rule between keys of one section; the message starts with the section-relative key it is about."""
+    return PydanticCustomError("cross_check", "{message}", {"message": message})
+
+
+# -- the schema: one class per section, one line per key --------------------------------------------------
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RealData(Section):
+    cbis_root: Text
+    inbreast_root: Text
+    cbis_layout: OneOf("auto", "uid", "nbia", "kaggle")
+    workers: Integer(ge=0)
+
+
+class Preprocess(Section):
+    breast_crop: Flag
+    flip_to_left: Flag
+    clip_percentiles: Percentiles
+
+
+class Synthetic(Section):
+    seed: Seed
+    n_cbis: Integer(ge=2)
+    n_inbreast: Integer(ge=1)
+    supersample: Integer(ge=1)
+    density_contrast: Number(ge=0)
+    density_bias: Number()
+    pectoral_probability: Probability
+    mass_area_min: Number(gt=0, lt=1)
+    mass_area_max: Number(gt=0, lt=1)
+    spiculated_probability: Probability
+    edge_blur_min: Number(ge=0)
+    edge_blur_max: Number(ge=0)
+    mass_contrast_median: Number(gt=0)
+    film_grain: Number(ge=0)
+    photon_count: Number(gt=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "Synthetic":
+        for low, high in (("mass_area_min", "mass_area_max"), ("edge_blur_min", "edge_blur_max")):
+            if getattr(self, low) > getattr(self, high):
+                raise _cross_check(f"{high} = {getattr(self, high):g}: must be >= {low} ({getattr(self, low):g})")
+        return self
+
+
+class Data(Section):
+    source: OneOf("synthetic", "real")
+    image_size: Integer(ge=ENCODER_STRIDE, multiple_of=ENCODER_STRIDE)
+    split: OneOf("random", "official")
+    split_seed: Seed
+    test_fraction: Number(gt=0, lt=1)
+    box_margin: Integer(ge=0)
+    real: RealData
+    preprocess: Preprocess
+    synthetic: Synthetic
+
+    @model_validator(mode="after")
+    def _split(self) -> "Data":
+        if self.split == "official" and self.source != "real":
+            raise _cross_check("split = official: only the real CBIS-DDSM has an official split; use random")
+        if self.source == "synthetic" and self.split == "random":
+            total = self.synthetic.n_cbis
+            n_test = round(self.test_fraction * total)
+            if not 1 <= n_test < total:
+                raise _cross_check(f"test_fraction = {self.test_fraction:g}: holds out {n_test} of the {total} "
+                                   "CBIS-like images (synthetic.n_cbis); the test and the training split each need "
+                                   "at least one image")
+        return self
+
+
+class Model(Section):
+    architecture: OneOf("unet")
+    encoder: Text
+    encoder_weights: Annotated[Text | None, Field(description=(
+        "null (random initialisation), imagenet, or the path of a local encoder state dict (.pth)"))]
+    decoder_channels: Annotated[list[Integer(ge=1)], Field(min_length=5, max_length=5, description=(
+        "a list of 5 integers >= 1 (one per decoder stage of the depth-5 U-Net)"))]
+
+
+class Train(Section):
+    epochs: Integer(ge=1)
+    batch_size: Integer(ge=1)
+    optimizer: OneOf("adam")
+    lr: Number(gt=0)
+    poly_power: Number(ge=0)
+    hflip: Flag
+    vflip: Flag
+    steps_per_epoch: OneOf("all_train", "method")
+    strong_share: Probability
+    divergence_factor: Number(gt=1)
+    device: Device
+    num_threads: Integer(ge=0)
+    precision: OneOf("auto", "fp32", "bf16")
+    channels_last: Flag
+    compile: Flag
+    deterministic: AutoOrFlag
+    checkpoint_dir: Text
+
+
+class Evaluate(Section):
+    threshold: Number(gt=0, lt=1)
+    batch_size: Integer(ge=1)
+    figure_examples: Integer(ge=1)
+    figure_seed: Seed
+
+
+class Run(Section):
+    method: Annotated[str, AfterValidator(_known_method), Field(description="the name of a file methods/<name>.py")]
+    strong_fraction: Probability
+    row: Text | None = None  # the row name in the paper's tables; default: the method
+    seeds: SeedList | None = None  # default: the top-level seeds
+    options: dict[str, Any] = Field(default_factory=dict, description=(  # checked by the method (methods/base.py)
+        "a mapping of the method's option names to values"))
+
+
+RunName = Annotated[str, Field(pattern=RUN_NAME_PATTERN, description=(
+    "a run name of letters, digits, '_', '.', '-' (it names a folder under runs/)"))]
+
+
+class Report(Section):
+    reference_row: Text
+    reference_strong: Number(ge=0, le=100)
+    figure_seed: Seed
+    bootstrap_resamples: Integer(ge=100)
+
+
+class Params(Section):
+    data: Data
+    model: Model
+    train: Train
+    evaluate: Evaluate
+    seeds: SeedList
+    runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, ...)")]
+    report: Report
+
+
+# -- turning pydantic's errors into one line each -----------------------------------------------------------
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type inside Annotated[...] / Optional[...]."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            options = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation
+
+
+def _description(annotation: Any) -> str | None:
+    """The first description in an annotation's Annotated metadata, looking through Optional."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            inner, *metadata = get_args(annotation)
+            found = next((m.description for m in metadata if isinstance(m, FieldInfo) and m.description), None)
+            if found:
+                return found
+            annotation = inner
+        elif origin in (Union, types.UnionType):
+            options = [arg for arg in get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return None
+            annotation = options[0]
+        else:
+            return None
+
+
+def _describe(model: type[BaseModel], loc: tuple) -> tuple[str | None, int, type[BaseModel] | None]:
+    """What the key at `loc` allows: (description, how many loc parts name the described key, its model
+    class when the key is a section). A "[key]" part (a mapping's key was refused) describes the key type."""
+    annotation, description, depth = model, None, 0
+    for position, part in enumerate(loc):
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(part) if isinstance(part, str) else None
+            if info is None:
+                return description, depth, None
+            annotation, depth = info.annotation, position + 1
+            description = info.description or _description(info.annotation)
+        elif get_origin(annotation) is dict:
+            key_type, annotation = get_args(annotation)
+            if position + 1 < len(loc) and loc[position + 1] == "[key]":
+                return _description(key_type), position + 1, None
+            description, depth = None, position + 1
+        elif get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
+        else:
+            break
+    annotation = _unwrap(annotation)
+    section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return description, depth, section
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
+    return text
+
+
+def _error_line(error: dict, source: str, model: type[BaseModel], prefix: tuple) -> str:
+    loc = tuple(part for part in error["loc"] if part != "[key]")
+    key = _dotted(prefix + loc)
+    kind, value = error["type"], error.get("input")
+    if kind == "cross_check":
+        return f"{source}: {key + '.' if key else ''}{error['ctx']['message']}"
+    if kind == "extra_forbidden":
+        parent = _describe(model, loc[:-1])[2] or model
+        where = _dotted(prefix + loc[:-1]) or "the top level"
+        return (f"{source}: {key}: unknown key; {where} takes: {', '.join(parent.model_fields)} "
+                "(a new key is declared in benchmark/config.py)")
+    if "[key]" in error["loc"]:
+        return f"{source}: {key}: the name {_show(value)} is not allowed; must be {_describe(model, error['loc'])[0]}"
+    description, depth, section = _describe(model, loc)
+    if section is not None:
+        required = f"a section with the keys {', '.join(section.model_fields)}"
+        if kind == "missing":
+            return f"{source}: {key}: missing; it must be {required}"
+        return f"{source}: {key} = {_show(value)}: must be {required}"
+    allowed = f"must be {description}" if description else error["msg"].replace("Input should be", "must be")
+    owner = _dotted(prefix + loc[:depth])
+    if owner != key and description:
+        allowed = f"{owner} {allowed}"
+    if kind == "missing":
+        return f"{source}: {key}: missing; it {allowed}"
+    line = f"{source}: {key} = {_show(value)}: {allowed}"
+    if kind == "value_error" and description:
+        line += f" ({error['msg'].removeprefix('Value error, ')})"
+    elif isinstance(value, str) and description and description.startswith(("a number", "an integer")):
+        try:
+            float(value)
+            line += f" (YAML read {value} as text: write it with a decimal point, e.g. 1.0e-4)"
+        except ValueError:
+            pass
+    return line
+
+
+def _validate(model: type[BaseModel], payload: Any, source: str, prefix: tuple = ()) -> BaseModel:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        lines = [_error_line(item, source, model, prefix) for item in error.errors()]
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+
+
+def validate_params(params: Any, source: str = "params.yaml") -> dict[str, Any]:
+    """params.yaml's content checked against the schema, as plain dicts (numbers normalised: 1 -> 1.0 where a
+    real number is meant); raises ConfigError with one line per violation."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: must be a mapping with the sections {', '.join(Params.model_fields)}; "
+                          f"got {type(params).__name__}")
+    return _validate(Params, params, source).model_dump(exclude_unset=True)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read and validate params.yaml (every stage calls this first)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not found. Run the stages from the repository root (where dvc.yaml is).")
-    with path.open() as handle:
-        params = yaml.safe_load(handle) or {}
-    for section in ("data", "model", "train", "evaluate", "runs"):
-        if section not in params:
-            raise ConfigError(f"{path}: missing top-level section '{section}'.")
-    return params
+    try:
+        with path.open() as handle:
+            params = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        position = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{position}: {getattr(error, 'problem', None) or error}") from None
+    return validate_params(params, str(path))
 
 
+# -- runs ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunSpec:
     """One configured run: a method at a label budget, trained once per seed."""
@@ -46,44 +414,45 @@ class RunSpec:
     def strong_percent(self) -> float:
         return round(100.0 * self.strong_fraction, 2)
 
+    def configured(self) -> dict[str, Any]:
+        """What training records of its configuration and later stages compare with params.yaml."""
+        return {"method": self.method, "strong_fraction": float(self.strong_fraction), "options": dict(self.options),
+                "seeds": list(self.seeds)}
+
+
+def check_run_spec(spec: RunSpec, source: str = "params.yaml") -> None:
+    """The run entry's schema, for a RunSpec built in code rather than read from params.yaml."""
+    if not re.fullmatch(RUN_NAME_PATTERN, spec.name):
+        raise ConfigError(f"{source}: runs.{spec.name}: the name {_show(spec.name)} is not allowed; must be "
+                          "a run name of letters, digits, '_', '.', '-'")
+    _validate(Run, {"method": spec.method, "strong_fraction": spec.strong_fraction, "row": spec.row,
+                    "seeds": list(spec.seeds), "options": spec.options}, source, ("runs", spec.name))
+
 
 def run_spec(params: dict[str, Any], name: str) -> RunSpec:
-    runs = params["runs"] or {}
+    """The run `name` of validated params (see validate_params)."""
+    runs = params["runs"]
     if name not in runs:
         known = ", ".join(sorted(runs)) or "(none)"
         raise ConfigError(f"params.yaml: runs.{name} is not configured. Configured runs: {known}.")
-    entry = runs[name] or {}
-    for key in ("method", "strong_fraction"):
-        if key not in entry:
-            raise ConfigError(f"params.yaml: runs.{name}.{key} is required.")
-    fraction = float(entry["strong_fraction"])
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"params.yaml: runs.{name}.strong_fraction must be in [0, 1], got {fraction}.")
-    if "seed" in entry:
-        raise ConfigError(f"params.yaml: runs.{name}.seed is no longer read: list the seeds once in the top-level "
-                          "`seeds` (or give this run its own `seeds: [..]`).")
-    options = entry.get("options") or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"params.yaml: runs.{name}.options must be a mapping, got {type(options).__name__}.")
-    return RunSpec(
-        name=name,
-        method=str(entry["method"]),
-        strong_fraction=fraction,
-        seeds=_seeds(entry["seeds"], f"runs.{name}.seeds") if "seeds" in entry else
-        _seeds(params.get("seeds", [0]), "seeds"),
-        row=str(entry.get("row", entry["method"])),
-        options=dict(options),
-    )
-
-
-def _seeds(value: Any, key: str) -> tuple[int, ...]:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if not values or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in values):
-        raise ConfigError(f"params.yaml: {key} must be a non-empty list of integers, got {value!r}.")
-    if len(set(values)) != len(values):
-        raise ConfigError(f"params.yaml: {key} lists a seed twice: {value!r}.")
-    return tuple(values)
+    entry = runs[name]
+    return RunSpec(name=name, method=entry["method"], strong_fraction=float(entry["strong_fraction"]),
+                   seeds=tuple(entry.get("seeds") or params["seeds"]), row=entry.get("row") or entry["method"],
+                   options=dict(entry.get("options") or {}))
 
 
 def all_runs(params: dict[str, Any]) -> list[RunSpec]:
-    return [run_spec(params, name) for name in (params["runs"] or {})]
+    return [run_spec(params, name) for name in params["runs"]]
+
+
+def check_trained_as(spec: RunSpec, info: dict[str, Any], info_path: Path) -> None:
+    """Refuse a run whose params.yaml entry differs from what train_info.json says it was trained with."""
+    trained = info.get("configured")
+    if not isinstance(trained, dict):
+        raise ConfigError(f"{info_path}: has no record of the run's configuration (written by an older train "
+                          f"stage); re-train it: dvc repro train@{spec.name}")
+    differs = [f"{key} {_show(value)} (trained: {_show(trained.get(key))})"
+               for key, value in spec.configured().items() if trained.get(key) != value]
+    if differs:
+        raise ConfigError(f"params.yaml: runs.{spec.name} differs from what {info_path} was trained with: "
+                          f"{'; '.join(differs)}. Re-train it (dvc repro train@{spec.name}) or restore the entry.")

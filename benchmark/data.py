@@ -26,6 +26,8 @@ import pandas as pd
 from scipy import ndimage
 
 from benchmark.splits import breast_keys, check_split, draw_test, same_breast_leaks
+from benchmark.cli import MissingOutputError
+from benchmark.config import ConfigError
 
 DOMAINS = ("cbis", "inbreast")
 MANIFEST_COLUMNS = [
@@ -114,6 +116,11 @@ def assign_split_and_rank(manifest: pd.DataFrame, seed: int, test_fraction: floa
         keys = (breast_keys(manifest.loc[is_cbis]).reset_index(drop=True) if split == "random_by_patient"
                 else pd.Series(np.arange(len(cbis_rows))))
         labels[cbis_rows[~draw_test(keys, rng, test_fraction)]] = "train"
+        n_test = int((labels[cbis_rows] == "test").sum())
+        if not 1 <= n_test < len(cbis_rows):
+            raise ConfigError(f"params.yaml: data.test_fraction = {test_fraction:g}: holds out {n_test} of the "
+                              f"{len(cbis_rows)} CBIS images ({split} split); the test and the training split each "
+                              "need at least one image")
     manifest["split"] = labels
     train_rows = np.flatnonzero(labels == "train")
     rank = np.full(len(manifest), -1, dtype=int)
@@ -191,7 +198,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
     directory = Path(directory)
     manifest_path = directory / "manifest.csv"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: prepared data not found. Run `dvc repro prepare` first.")
+        raise MissingOutputError(f"{manifest_path}: prepared data not found. Run `dvc repro prepare` first.")
     manifest = pd.read_csv(manifest_path)
     arrays = {}
     for name in DOMAINS:

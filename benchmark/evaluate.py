@@ -4,15 +4,18 @@
 
 Intra-domain: the CBIS(-like) test split; cross-domain: every INbreast(-like) image.
 Every seed's final weights are evaluated at the prepared resolution (no checkpoint or
-threshold is ever chosen on a test set). Writes runs/<run>/per_image.csv (seed, image id,
+threshold is ever chosen on a test set). Before it removes its previous outputs, the stage checks
+params.yaml, the device, and that the run's params entry and `model` section are those
+train_info.json records it was trained with. Writes runs/<run>/per_image.csv (seed, image id,
 dataset, Dice, S-measure, mask, box and predicted areas), runs/<run>/examples.npz (the first
 seed's probability maps of the report's example images) and, last, runs/<run>/metrics.json
-(per test set: mean and std over seeds in %, per-seed means, the hashes of the evaluated
-models; DVC metrics).
+(per test set: mean and std over seeds in %, per-seed means, the sha256 of the evaluated models
+and of per_image.csv and examples.npz, which the report verifies; DVC metrics).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_json, file_sha256, read_json
-from benchmark.config import load_params, run_spec
+from benchmark.artifacts import (EVALUATION_OUTPUTS, atomic_savez, atomic_write_csv, atomic_write_json, file_sha256,
+                                 read_json, remove_outputs)
+from benchmark.cli import MissingOutputError, run_cli
+from benchmark.config import ConfigError, check_trained_as, load_params, run_spec, validate_params
 from benchmark.data import PreparedData, load_prepared
 from benchmark.metrics import dice, smeasure
 from benchmark.runtime import configure_threads, pick_device
@@ -87,26 +92,38 @@ def load_run_models(run_dir: Path) -> dict[int, Path]:
     models = {int(seed): run_dir / "models" / f"seed_{seed}.pt" for seed in info["seeds"]}
     for seed, path in models.items():
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing although {run_dir / 'train_info.json'} lists seed {seed}; "
+            raise MissingOutputError(f"{path}: missing although {run_dir / 'train_info.json'} lists seed {seed}; "
                                     "re-run the train stage (`dvc repro`).")
     return models
 
 
+def check_model_as_trained(model_params: dict[str, Any], info: dict[str, Any], info_path: Path) -> None:
+    """The weights only fit the network they were trained as (params.yaml `model`)."""
+    trained = info.get("model")
+    if trained != model_params:
+        changed = sorted(key for key in set(model_params) | set(trained or {})
+                         if (trained or {}).get(key) != model_params.get(key))
+        raise ConfigError(f"params.yaml: model differs from what {info_path} was trained with "
+                          f"({', '.join('model.' + key for key in changed)}); re-train the run (dvc repro).")
+
+
 def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
+    params = validate_params(params)
     spec = run_spec(params, run_name)
     run_dir = runs_dir / run_name
+    device = pick_device(params["train"]["device"])
+    info = read_json(run_dir / "train_info.json")
+    check_trained_as(spec, info, run_dir / "train_info.json")
+    check_model_as_trained(params["model"], info, run_dir / "train_info.json")
+    models = load_run_models(run_dir)
+    data = load_prepared(prepared_dir)
     # a stage killed halfway must not leave the previous evaluation looking complete
-    for name in ("metrics.json", "per_image.csv", "examples.npz"):
-        (run_dir / name).unlink(missing_ok=True)
-    configure_threads(int(params["train"].get("num_threads", 0)))
-    device = pick_device(params["train"].get("device", "auto"))
+    remove_outputs(run_dir, EVALUATION_OUTPUTS)
+    configure_threads(int(params["train"]["num_threads"]))
     eval_params = params["evaluate"]
     threshold, batch_size = float(eval_params["threshold"]), int(eval_params["batch_size"])
-    data = load_prepared(prepared_dir)
-    examples = figure_example_ids(data, int(eval_params.get("figure_examples", 3)),
-                                  int(eval_params.get("figure_seed", 0)))
-    models = load_run_models(run_dir)
+    examples = figure_example_ids(data, int(eval_params["figure_examples"]), int(eval_params["figure_seed"]))
     rows, example_maps, model_hashes = [], {}, {}
     for seed, model_path in models.items():
         method = build_method(spec, params["model"]).to(device)
@@ -129,13 +146,14 @@ def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs
                 if seed == spec.seeds[0] and (domain, row.image_id) in examples:
                     example_maps[(domain, row.image_id)] = np.round(probability * 255).astype(np.uint8)
     per_image = pd.DataFrame(rows)
-    metrics = {**summarise(per_image), "resolution": f"prepared ({data.arrays['cbis']['images'].shape[-1]} px)",
-               "threshold": threshold, "evaluated_models": model_hashes,
-               "eval_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_csv(run_dir / "per_image.csv", per_image)
     atomic_savez(run_dir / "examples.npz", image_ids=np.array([key[1] for key in example_maps]),
                  datasets=np.array([key[0] for key in example_maps]),
                  probabilities=np.stack(list(example_maps.values())))
+    metrics = {**summarise(per_image), "resolution": f"prepared ({data.arrays['cbis']['images'].shape[-1]} px)",
+               "threshold": threshold, "evaluated_models": model_hashes,
+               "outputs": {name: file_sha256(run_dir / name) for name in ("per_image.csv", "examples.npz")},
+               "eval_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the outputs complete
     return metrics
 
@@ -153,4 +171,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

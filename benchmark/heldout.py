@@ -14,6 +14,7 @@ A diagnostic, not a pipeline stage: it writes nothing under `reports/`, and only
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 
 from benchmark.artifacts import atomic_write_csv, read_json
+from benchmark.cli import MissingOutputError, run_cli
 from benchmark.config import ConfigError, load_params, run_spec
 from benchmark.evaluate import load_run_models, predict_probabilities
 from benchmark.metrics import dice
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in run_names:
         run_spec(params, name)  # unknown names fail here, before any rendering
         if not (Path(args.runs_dir) / name / "metrics.json").is_file():
-            raise FileNotFoundError(f"{Path(args.runs_dir) / name / 'metrics.json'}: run {name} is not evaluated "
+            raise MissingOutputError(f"{Path(args.runs_dir) / name / 'metrics.json'}: run {name} is not evaluated "
                                     "yet; run `dvc repro` first.")
     configure_threads(int(params["train"].get("num_threads", 0)))
     device = pick_device(params["train"].get("device", "auto"))
@@ -110,4 +112,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmark.cli import run_cli
 from benchmark.config import load_params
 
 
@@ -110,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -5,7 +5,12 @@
 
 Every configured run is one (row, S) entry of the tables and holds all its seeds in runs/<run>/:
 metrics.json (per-seed means), per_image.csv, train_info.json (with each seed's provenance),
-train_log.csv and examples.npz. tables.md opens with a summary (data, hardware, time, seeds, the
+train_log.csv and examples.npz. Nothing stale is reported: a run is refused when its params.yaml
+entry (method, strong fraction, options, seeds) differs from what train_info.json says it was
+trained with, when metrics.json evaluated other weights than train_info.json lists, or when
+per_image.csv or examples.npz is not the file whose sha256 metrics.json recorded; each row's method,
+fraction and options are read from train_info.json. A run whose last-epoch training loss is not
+below its first epoch's is marked † in the tables and named in the summary and the list of runs. tables.md opens with a summary (data, hardware, time, seeds, the
 code the runs were trained at, which of the paper's claims we agree or disagree with), then the
 paper's Table 1 and Table 2 with our mean ± std over seeds (n) beside the paper's numbers, the
 runs that match no paper row, the paired comparisons of the reference row with every other row,
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from benchmark import figures
-from benchmark.artifacts import atomic_write_text, read_json
-from benchmark.config import all_runs, load_params
+from benchmark.artifacts import atomic_write_text, file_sha256, read_json
+from benchmark.cli import MissingOutputError, run_cli
+from benchmark.config import all_runs, check_trained_as, load_params
 from benchmark.data import PreparedData, load_prepared
 from benchmark.paper_results import STRONG_ONLY, TABLES, PaperRow, paper_row
 from benchmark.statistics import AGREES, DISAGREES, INCONCLUSIVE, bootstrap_ci, claim_verdict, mean_std, wilcoxon_p
@@ -38,6 +45,9 @@ PAPER_FIELDS = {("cbis", "dice"): "cbis_dice", ("cbis", "smeasure"): "cbis_sm",
 FIGURE_FILES = ["fig1_labels.png", "fig3_predictions.png", "label_efficiency.png", "dice_distributions.png",
                 "training_curves.png"]
 DEFAULT_RESAMPLES = 10000
+LOSS_MARK = "†"
+LOSS_NOTE = (f"{LOSS_MARK} training loss did not decrease: in at least one seed the last epoch's mean total loss is "
+             "not below the first epoch's (see Runs); treat this row as a failed training, not a result.")
 
 
 @dataclass
@@ -52,6 +62,8 @@ class RunResult:
     seeds: list[str]  # as keys of metrics.json "per_seed", sorted numerically
     metrics: dict[str, Any]
     info: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options as trained
+    loss_not_decreasing: list[str] = field(default_factory=list)  # per seed: why it is marked
     label: str = ""  # "<row> <S>%", plus the run name when two runs share (row, S)
     shared: bool = False  # another configured run has the same (row, S)
 
@@ -94,22 +106,55 @@ def _check_evaluated_models(metrics: dict[str, Any], info: dict[str, Any], folde
                          "lists (the run was re-trained after its evaluation); run `dvc repro` to re-evaluate it.")
 
 
+def _check_output_hashes(metrics: dict[str, Any], folder: Path) -> None:
+    """per_image.csv and examples.npz must be the files metrics.json was computed with (not edited, not copied
+    from another run); a missing examples.npz only leaves Fig. 3 without that run."""
+    for name, recorded in metrics["outputs"].items():
+        path = folder / name
+        if not path.is_file():
+            if name == "examples.npz":
+                continue
+            raise MissingOutputError(f"{path}: missing. Run the stage that writes it (`dvc repro`).")
+        if file_sha256(path) != recorded:
+            raise ValueError(f"{path}: not the file {folder / 'metrics.json'} was computed with (its sha256 differs "
+                             "from the one recorded there: it was changed or copied from another run since); "
+                             f"re-evaluate the run: dvc repro evaluate@{folder.name}")
+
+
+def loss_not_decreasing(log: pd.DataFrame) -> list[str]:
+    """Per seed of a train_log.csv: a note when its last epoch's mean total loss is not below its first's."""
+    notes = []
+    for seed, frame in log.sort_values("epoch").groupby("seed", sort=True):
+        first, last = frame.iloc[0], frame.iloc[-1]
+        if len(frame) > 1 and not last["total"] < first["total"]:
+            notes.append(f"seed {seed}: training loss did not decrease (epoch {int(first['epoch'])}: "
+                         f"{first['total']:.4g}, epoch {int(last['epoch'])}: {last['total']:.4g})")
+    return notes
+
+
 def collect(params: dict[str, Any], runs_dir: Path) -> list[RunResult]:
-    """Every configured run, in params.yaml order."""
+    """Every configured run, in params.yaml order; refuses any run whose outputs are stale (see the docstring)."""
     results = []
     for spec in all_runs(params):
         folder = runs_dir / spec.name
         metrics, info = read_json(folder / "metrics.json"), read_json(folder / "train_info.json")
-        _require(metrics, ["cbis", "inbreast", "per_seed", "resolution", "eval_seconds"], folder / "metrics.json")
-        _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds"], folder / "train_info.json")
+        _require(metrics, ["cbis", "inbreast", "per_seed", "resolution", "eval_seconds", "outputs"],
+                 folder / "metrics.json")
+        _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds", "method", "strong_fraction",
+                        "options"], folder / "train_info.json")
+        check_trained_as(spec, info, folder / "train_info.json")
         _check_evaluated_models(metrics, info, folder)
+        _check_output_hashes(metrics, folder)
         seeds = sorted(metrics["per_seed"], key=lambda seed: (int(seed) if str(seed).isdigit() else 0, str(seed)))
         if not seeds:
             raise ValueError(f"{folder / 'metrics.json'}: per_seed is empty")
-        strong = spec.strong_percent
+        strong = round(100.0 * float(info["strong_fraction"]), 2)
+        log_path = folder / "train_log.csv"
         results.append(RunResult(
-            name=spec.name, method=spec.method, row=spec.row, strong=strong,
-            weak=round(100 - strong, 2) if info["uses_weak"] else 0.0, seeds=seeds, metrics=metrics, info=info))
+            name=spec.name, method=str(info["method"]), row=spec.row, strong=strong,
+            weak=round(100 - strong, 2) if info["uses_weak"] else 0.0, seeds=seeds, metrics=metrics, info=info,
+            options=dict(info["options"]),
+            loss_not_decreasing=loss_not_decreasing(pd.read_csv(log_path)) if log_path.is_file() else []))
     keys = Counter((result.row, result.strong) for result in results)
     for result in results:
         result.shared = keys[(result.row, result.strong)] > 1
@@ -137,13 +182,16 @@ def table_markdown(entries: list[RunResult], paper: dict[tuple[str, float], Pape
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in entries:
         numbers = paper_row(result.row, result.strong) if paper else None
-        cells = [result.display_row, f"{result.strong:g}%", f"{result.weak:g}%"]
+        cells = [result.display_row + (f" {LOSS_MARK}" if result.loss_not_decreasing else ""), f"{result.strong:g}%",
+                 f"{result.weak:g}%"]
         for dataset, metric in METRIC_COLUMNS:
             cells.append(cell(result.values(dataset, metric)))
             if paper:
                 cells.append(f"{getattr(numbers, PAPER_FIELDS[(dataset, metric)]):.2f}")
         cells += [str(len(result.seeds)), _minutes(result.seconds)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(result.loss_not_decreasing for result in entries):
+        lines += ["", LOSS_NOTE]
     return "\n".join(lines)
 
 
@@ -362,6 +410,10 @@ def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_repo
         _seeds_line(results),
         _code_line(results),
     ]
+    flagged = [result.label for result in results if result.loss_not_decreasing]
+    if flagged:
+        lines.append(f"- **Training loss did not decrease** ({LOSS_MARK} in the tables) in: {', '.join(flagged)}: the "
+                     "last epoch's mean total loss is not below the first epoch's in at least one seed.")
     software = _software_line(results)
     if software:
         lines.append(software)
@@ -425,9 +477,9 @@ def _examples(results: list[RunResult], runs_dir: Path) -> tuple[list[tuple[str,
 def draw_figures(params: dict[str, Any], results: list[RunResult], dice: dict[str, pd.DataFrame],
                  data: PreparedData, runs_dir: Path, figures_dir: Path) -> list[str]:
     """Draw every report figure (a placeholder that says why when its inputs are missing); tables.md lines."""
-    report_params = params.get("report") or {}
-    seed = int(report_params.get("figure_seed", 0))
-    row = str(report_params.get("reference_row", "Ours"))
+    report_params = params["report"]
+    seed = int(report_params["figure_seed"])
+    row = str(report_params["reference_row"])
     threshold = thresholds(results)[0]
     order = [result.label for result in results]
     examples, no_examples = _examples(results, runs_dir)
@@ -491,16 +543,16 @@ def runs_lines(results: list[RunResult]) -> list[str]:
                    for seed in result.seeds if int((seeds_info.get(seed) or {}).get("resumed_from_epoch") or 0) > 0]
         lines.append(f"| {result.name} | {result.method} | {result.strong:g}% | {', '.join(result.seeds)} | "
                      f"{float(result.info['train_seconds']):.0f} s | {float(result.metrics['eval_seconds']):.0f} s | "
-                     f"{', '.join(commits)} | {'; '.join(resumed)} |")
+                     f"{', '.join(commits)} | {'; '.join(resumed + result.loss_not_decreasing)} |")
     return lines
 
 
 def render(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any], runs_dir: Path,
            data: PreparedData, figures_dir: Path) -> str:
     """The whole of tables.md; draws the figures into figures_dir on the way."""
-    report_params = params.get("report") or {}
-    reference_key = (str(report_params.get("reference_row", "Ours")), float(report_params.get("reference_strong", 10)))
-    n_resamples = int(report_params.get("bootstrap_resamples", DEFAULT_RESAMPLES))
+    report_params = params["report"]
+    reference_key = (str(report_params["reference_row"]), float(report_params["reference_strong"]))
+    n_resamples = int(report_params["bootstrap_resamples"])
     dice = {result.name: per_image_dice(runs_dir, result) for result in results}
     reference = next((r for r in results if r.row == reference_key[0] and np.isclose(r.strong, reference_key[1])),
                      None)
@@ -552,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         results = collect(params, runs_dir)
     except (FileNotFoundError, KeyError, ValueError) as error:  # an unfinished or stale run: say which
-        raise SystemExit(f"report: {error}") from error
+        raise SystemExit(f"report: {error.args[0] if isinstance(error, KeyError) else error}") from None
     if not results:
         raise SystemExit("params.yaml configures no runs; nothing to report.")
     text = render(params, results, read_json(prepared / "prepare_report.json"), runs_dir, load_prepared(prepared),
@@ -562,4 +614,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

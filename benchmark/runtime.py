@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
@@ -12,13 +13,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.config import ConfigError
+
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """`train.device` (auto | cpu | cuda | cuda:N) as a torch device that exists on this machine."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible to PyTorch; use 'auto' or 'cpu'.")
-    return torch.device(requested)
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", str(requested)):
+        raise ConfigError(f"params.yaml: train.device = {requested!r}: must be auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"params.yaml: train.device = {requested!r}: no CUDA device is visible to PyTorch on this "
+                          "machine; use auto or cpu")
+    device = torch.device(requested)
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"params.yaml: train.device = {requested!r}: this machine has {count} CUDA device(s) "
+                          f"(cuda:0 to cuda:{count - 1}); use one of them, cuda or auto")
+    return device
 
 
 def configure_threads(num_threads: int) -> int:

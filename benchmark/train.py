@@ -7,21 +7,34 @@ registry, feeds it batches composed for the method's label kinds, and minimises 
 sum of the loss terms it returns, with the protocol of params.yaml `train` (Adam, poly
 decay per epoch, flips), in the configured precision and memory format.
 
+Before anything is written the stage checks params.yaml (benchmark.config), takes the run's lock
+(`<checkpoint_dir>/<run>.lock`: a second trainer of the same run stops at once), resolves the device
+and precision, builds the method once (its options and encoder weights) and checks the label budget
+(a method that trains on masks gets at least one strong image, one on boxes only at least one weak
+image). Only then are the run's previous outputs removed, evaluation outputs included, so a failed
+or killed training leaves nothing under runs/<run>/ that looks like a result.
+
+Divergence: a run stops, naming run, seed, epoch and loss term, when a loss term is NaN or
+infinite, or when an epoch's mean total loss exceeds `train.divergence_factor` times the total loss
+of the run's first step (the untrained network's); checked once per epoch.
+
 Interruptions: every epoch ends with a checkpoint (weights, optimizer, RNG and sampler
-states, the method's own training state, the log so far) in `train.checkpoint_dir`, which
-DVC neither tracks nor deletes. Re-running the stage resumes each seed from its last
-complete epoch, but only when the checkpoint's fingerprint (configuration, prepared data,
+states, the method's own training state, the log so far, and a sha256 of all of it) in
+`train.checkpoint_dir`, which DVC neither tracks nor deletes. Re-running the stage resumes each
+seed from its last complete epoch, but only when the checkpoint's checksum matches its contents
+(a damaged one is deleted, with a message) and its fingerprint (configuration, prepared data,
 code, torch version) equals the run's; otherwise it starts over and says why. The
 checkpoints are removed once every seed's outputs are written.
 
-Outputs in runs/<run>/, each written under a temporary name and renamed: models/seed_<s>.pt
-(state dict of the final epoch — the paper protocol has no validation split), train_log.csv
-(one row per seed and epoch, a DVC plot) and, last, train_info.json (timing, label counts,
-provenance), whose presence marks the stage's outputs complete.
+Outputs in runs/<run>/, written once every seed has trained, each under a temporary name and
+renamed: models/seed_<s>.pt (state dict of the final epoch — the paper protocol has no validation
+split), train_log.csv (one row per seed and epoch, a DVC plot) and, last, train_info.json (timing,
+label counts, the run's configuration, provenance), whose presence marks the stage's outputs complete.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -31,35 +44,71 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from benchmark.artifacts import atomic_torch_save, atomic_write_csv, atomic_write_json, file_sha256
-from benchmark.config import ConfigError, RunSpec, load_params, run_spec
+from benchmark.artifacts import (EVALUATION_OUTPUTS, TRAIN_OUTPUTS, atomic_torch_save, atomic_write_csv,
+                                 atomic_write_json, file_sha256, remove_outputs)
+from benchmark.cli import ReportedError, run_cli
+from benchmark.config import ConfigError, RunSpec, check_run_spec, load_params, run_spec, validate_params
 from benchmark.data import PreparedData, load_prepared
 from benchmark.losses import structure_window
 from benchmark.runtime import (autocast, configure_determinism, configure_threads, git_state, hardware_description,
                                now_iso, package_versions, pick_device, resolve_precision, seed_everything)
 from benchmark.sampling import BatchSampler, TrainingSet
 from methods import SegmentationMethod, TrainContext, get_method
+from methods.base import OptionError
 
 CHECKPOINT_NAME = "last.pt"
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the run stops before any output is written."""
+class DivergedError(ReportedError, FloatingPointError):
+    """The run's loss diverged; the run stops before any output is written."""
+
+
+class NonFiniteLossError(DivergedError):
+    """A loss term became NaN or infinite."""
+
+
+class LossExplodedError(DivergedError):
+    """An epoch's mean loss grew beyond `train.divergence_factor` x the run's first-step loss."""
+
+
+class RunLockedError(ReportedError, RuntimeError):
+    """Another process is training the same run."""
 
 
 def build_method(spec: RunSpec, model_params: dict[str, Any]) -> SegmentationMethod:
-    method_cls = get_method(spec.method)
+    try:
+        method_cls = get_method(spec.method)
+    except KeyError as error:
+        raise ConfigError(f"params.yaml: runs.{spec.name}.method = {spec.method!r}: {error.args[0]}") from None
     try:
         return method_cls(model_params, spec.options)
-    except ValueError as error:
-        raise ConfigError(f"params.yaml: runs.{spec.name}: {error}") from error
+    except OptionError as error:
+        raise ConfigError(f"params.yaml: runs.{spec.name}.options.{error.key} = {error.value!r}: "
+                          f"{error.allowed}") from None
+    except ValueError as error:  # a method's own check of its options
+        raise ConfigError(f"params.yaml: runs.{spec.name}.options (method {spec.method}): "
+                          f"{' '.join(str(error).split())}") from None
+
+
+def check_label_budget(spec: RunSpec, method_cls: type[SegmentationMethod], data: PreparedData) -> None:
+    """A method that trains on masks needs at least one strong image; one that trains on boxes only, one weak."""
+    strong, weak = data.strong_and_weak(spec.strong_fraction)
+    n_train = len(strong) + len(weak)
+    where = f"params.yaml: runs.{spec.name}.strong_fraction = {spec.strong_fraction:g}"
+    if method_cls.uses_strong and len(strong) == 0:
+        raise ConfigError(f"{where}: gives 0 of the {n_train} training images a mask, but method {spec.method} "
+                          f"trains on masks; it needs at least 1 strong image (strong_fraction >= {1 / n_train:.4g})")
+    if not method_cls.uses_strong and method_cls.uses_weak and len(weak) == 0:
+        raise ConfigError(f"{where}: leaves no box-only image of the {n_train} training images, but method "
+                          f"{spec.method} trains on boxes only; use a smaller strong_fraction")
 
 
 def training_set_for(data: PreparedData, spec: RunSpec, train_params: dict[str, Any],
@@ -163,6 +212,24 @@ def check_finite(run: str, seed: int, epoch: int, names: list[str], values: torc
             "(lower train.lr, or check the method's loss for a division by zero).")
 
 
+def check_divergence(run: str, seed: int, epoch: int, names: list[str], values: torch.Tensor, first_loss: float,
+                     factor: float) -> None:
+    """The divergence rule: the epoch's mean total loss above `factor` x the total loss of the run's first step.
+
+    The first step's loss is the untrained network's, so an explosion within the first epoch counts too
+    (a run whose first epoch already averages 1e12 would pass a rule relative to the first epoch's mean)."""
+    means = values.double().mean(0)
+    total = float(means[names.index("total")])
+    if first_loss > 0 and total > factor * first_loss:
+        terms = [k for k, name in enumerate(names) if name != "total"]
+        largest = max(terms, key=lambda k: float(means[k]))
+        raise LossExplodedError(
+            f"run {run} (seed {seed}): the loss diverged at epoch {epoch}: its mean total loss {total:.4g} is "
+            f"{total / first_loss:.3g} x the first step's {first_loss:.4g} (more than train.divergence_factor = "
+            f"{factor:g}); largest term '{names[largest]}' (mean {float(means[largest]):.4g}). Training stopped; no "
+            "weights or metrics were written for this run (lower train.lr).")
+
+
 # -- checkpoints ------------------------------------------------------------------------------------------
 def _sha256_json(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -187,18 +254,76 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
 
 
 def checkpoint_dir(params: dict[str, Any], spec: RunSpec, seed: int) -> Path:
-    return Path(params["train"].get("checkpoint_dir", "checkpoints")).expanduser() / spec.name / f"seed_{seed}"
+    return Path(params["train"]["checkpoint_dir"]).expanduser() / spec.name / f"seed_{seed}"
+
+
+@contextlib.contextmanager
+def run_lock(params: dict[str, Any], spec: RunSpec) -> Iterator[Path]:
+    """Hold the run's lock, taken at once or not at all: two trainers of one run would overwrite each other's
+    checkpoints and outputs. It lives beside the checkpoints (untracked by DVC and git)."""
+    path = Path(params["train"]["checkpoint_dir"]).expanduser() / f"{spec.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(f"run {spec.name} is being trained by another process (it holds {path}); wait for it "
+                             "to finish or stop it, then run again.") from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def payload_sha256(payload: Any) -> str:
+    """sha256 over every value of a checkpoint (tensor bytes with dtype and shape, numbers, strings), in order:
+    written into the checkpoint, recomputed after loading it, so damage anywhere in the file is caught."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)};".encode())
+            for key, item in value.items():
+                digest.update(f"{key!r}:".encode())
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"list {len(value)};".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{type(value).__name__} {value!r};".encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    atomic_torch_save(path, {**payload, "sha256": payload_sha256(payload)})
 
 
 def load_compatible_checkpoint(path: Path, fingerprint: dict[str, str], device: torch.device,
                                say=print) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written by this exact configuration, else None (and why)."""
+    """The checkpoint at `path` if it is intact and was written by this exact configuration, else None (and
+    why). A damaged checkpoint is deleted: resuming from it would continue from corrupted weights."""
     if not path.is_file():
         return None
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # a truncated file cannot exist (atomic writes), but a foreign one might
-        say(f"{path}: unreadable checkpoint ({type(error).__name__}: {error}); starting from scratch.")
+        recorded = checkpoint.pop("sha256", None)
+        damage = None if recorded is None or recorded == payload_sha256(checkpoint) else \
+            "its contents do not match the sha256 written with it"
+    except Exception as error:  # a truncated file cannot exist (atomic writes), but a damaged or foreign one might
+        damage = f"torch.load cannot read it ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+    if not damage and recorded is None:
+        say(f"{path}: has no checksum (written by an older trainer); not resuming from it, starting from scratch.")
+        return None
+    if damage:
+        path.unlink(missing_ok=True)
+        say(f"{path}: damaged checkpoint: {damage}; discarded it, starting from scratch.")
         return None
     differs = [key for key, value in fingerprint.items() if checkpoint.get("fingerprint", {}).get(key) != value]
     if differs:
@@ -249,8 +374,8 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
                 show_progress: bool) -> SeedResult:
     train_params, model_params = params["train"], params["model"]
     started_at, started = now_iso(), time.perf_counter()
-    device = pick_device(train_params.get("device", "auto"))
-    deterministic = configure_determinism(train_params.get("deterministic", "auto"), device)
+    device = pick_device(train_params["device"])
+    deterministic = configure_determinism(train_params["deterministic"], device)
     numerics = Numerics.from_params(train_params, device)
     seed_everything(seed)
 
@@ -274,7 +399,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     compile_networks(method, train_params)
 
     checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
-    first_epoch, log_rows, seconds_before = 0, [], 0.0
+    first_epoch, log_rows, seconds_before, first_loss = 0, [], 0.0, None
     progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
                     disable=not show_progress)
     checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
@@ -285,7 +410,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
         sampler.load_state_dict(checkpoint["sampler"])
         _restore_rng_states(checkpoint["rng"])
         first_epoch, log_rows = int(checkpoint["epoch"]), list(checkpoint["log_rows"])
-        seconds_before = float(checkpoint["train_seconds"])
+        seconds_before, first_loss = float(checkpoint["train_seconds"]), float(checkpoint["first_loss"])
         progress.update(first_epoch * n_steps)
         progress.write(f"{spec.name} seed {seed}: resumed after epoch {first_epoch} of {epochs} from {checkpoint_path}")
 
@@ -300,16 +425,18 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
                               progress)
         values = torch.stack(history).cpu()  # the epoch's only device-to-host copy
         check_finite(spec.name, seed, epoch + 1, names, values)
+        first_loss = float(values[0, names.index("total")]) if first_loss is None else first_loss
+        check_divergence(spec.name, seed, epoch + 1, names, values, first_loss, float(train_params["divergence_factor"]))
         method.on_epoch_end(epoch, epochs)
         means = dict(zip(names, values.double().mean(0).tolist()))
         log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
                          "seconds": round(time.perf_counter() - epoch_start, 3)})
         progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
-        atomic_torch_save(checkpoint_path, {
+        save_checkpoint(checkpoint_path, {
             "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
             "method_state": method.training_state(), "optimizer": optimizer.state_dict(),
             "sampler": sampler.state_dict(), "rng": _rng_states(), "log_rows": log_rows,
-            "train_seconds": seconds_before + time.perf_counter() - started,
+            "train_seconds": seconds_before + time.perf_counter() - started, "first_loss": first_loss,
         })
     progress.close()
 
@@ -337,34 +464,43 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
 # -- one run (all seeds) ----------------------------------------------------------------------------------------
 def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
               show_progress: bool = True) -> dict[str, Any]:
+    """Train every seed of `spec`: check everything first, then remove the run's old outputs, write new ones last."""
+    params = validate_params(params)
+    check_run_spec(spec)
     train_params, model_params = params["train"], params["model"]
-    threads = configure_threads(int(train_params.get("num_threads", 0)))
-    data = load_prepared(prepared_dir)
-    fingerprint = run_fingerprint(spec, params, prepared_dir)
-    run_dir = out_dir / spec.name
-    # a stage killed between runs must not leave an older run's record looking complete
-    (run_dir / "train_info.json").unlink(missing_ok=True)
+    with run_lock(params, spec):
+        device = pick_device(train_params["device"])
+        Numerics.from_params(train_params, device)  # a precision the device lacks fails here, not mid-run
+        data = load_prepared(prepared_dir)
+        method_cls = type(build_method(spec, model_params))  # options, encoder and its weights
+        check_label_budget(spec, method_cls, data)
+        threads = configure_threads(int(train_params["num_threads"]))
+        fingerprint = run_fingerprint(spec, params, prepared_dir)
+        run_dir = out_dir / spec.name
+        # from here on nothing of an earlier training or evaluation of this run is left to look current
+        remove_outputs(run_dir, EVALUATION_OUTPUTS + TRAIN_OUTPUTS)
 
-    log_rows, seeds_info, counts = [], {}, {}
-    for seed in spec.seeds:
-        result = train_seed(spec, seed, params, data, fingerprint, show_progress)
-        model_path = run_dir / "models" / f"seed_{seed}.pt"
-        atomic_torch_save(model_path, result.state_dict)
-        log_rows += result.log_rows
-        counts = result.info["counts"]
-        seeds_info[str(seed)] = {**result.info["seed"], "model_sha256": file_sha256(model_path)}
+        results = {seed: train_seed(spec, seed, params, data, fingerprint, show_progress) for seed in spec.seeds}
+        log_rows, seeds_info, counts = [], {}, {}
+        for seed, result in results.items():  # written once every seed has trained: a diverged seed leaves none
+            model_path = run_dir / "models" / f"seed_{seed}.pt"
+            atomic_torch_save(model_path, result.state_dict)
+            log_rows += result.log_rows
+            counts = result.info["counts"]
+            seeds_info[str(seed)] = {**result.info["seed"], "model_sha256": file_sha256(model_path)}
 
-    atomic_write_csv(run_dir / "train_log.csv", pd.DataFrame(log_rows))
-    info = {
-        "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
-        **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
-        "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
-        "threads": threads, "torch": str(torch.__version__),
-        "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),
-        "seeds": seeds_info,
-    }
-    atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
-    shutil.rmtree(checkpoint_dir(params, spec, spec.seeds[0]).parent, ignore_errors=True)
+        atomic_write_csv(run_dir / "train_log.csv", pd.DataFrame(log_rows))
+        info = {
+            "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
+            **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
+            "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
+            "threads": threads, "torch": str(torch.__version__),
+            "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),
+            "configured": spec.configured(), "model": model_params,
+            "seeds": seeds_info,
+        }
+        atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
+        shutil.rmtree(checkpoint_dir(params, spec, spec.seeds[0]).parent, ignore_errors=True)
     return info
 
 
@@ -382,4 +518,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

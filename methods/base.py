@@ -66,6 +66,14 @@ class TrainContext:
         return self.epochs * self.steps_per_epoch
 
 
+class OptionError(ValueError):
+    """A method option (params.yaml runs.<run>.options.<key>) that the method does not accept."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"option {key} = {value!r}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
 class SegmentationMethod(nn.Module):
     """Base class of every method; subclasses live in methods/<name>.py and use @register."""
 
@@ -79,17 +87,19 @@ class SegmentationMethod(nn.Module):
     def __init__(self, model_params: dict[str, Any], options: dict[str, Any] | None = None) -> None:
         super().__init__()
         options = dict(options or {})
+        name = self.registry_name or type(self).__name__
         unknown = sorted(set(options) - set(self.default_options))
         if unknown:
             known = ", ".join(sorted(self.default_options)) or "(none)"
-            raise ValueError(f"method {self.registry_name or type(self).__name__}: unknown option(s) {unknown}; "
-                             f"known options: {known}.")
+            raise OptionError(unknown[0], options[unknown[0]], f"unknown option of method {name}; its options: {known}")
         self.model_params = dict(model_params)
         self.options = {**self.default_options, **options}
+        for key, default in self.default_options.items():
+            if isinstance(default, bool) and not isinstance(self.options[key], bool):
+                raise OptionError(key, self.options[key], "must be true or false")
         for key, allowed in self.option_choices.items():
             if self.options[key] not in allowed:
-                raise ValueError(f"method {self.registry_name or type(self).__name__}: option {key} must be one of "
-                                 f"{', '.join(map(str, allowed))}; got {self.options[key]!r}")
+                raise OptionError(key, self.options[key], f"must be one of {', '.join(map(str, allowed))}")
         self.build()
 
     def build(self) -> None:

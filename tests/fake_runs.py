@@ -1,7 +1,8 @@
 """Fabricated run folders in the on-disk format of the train and evaluate stages, for the report tests.
 
 `fabricate_run` writes runs/<run>/{metrics.json, per_image.csv, train_log.csv, train_info.json,
-examples.npz} from chosen per-image Dice values, so a test knows every table cell, paired
+examples.npz} from chosen per-image Dice values (with the configuration record and output hashes the
+report checks), so a test knows every table cell, paired
 difference and claim verdict by hand. Metrics are derived from the per-image values exactly as
 the evaluator does (mean over images per seed, then mean and std over seeds).
 """
@@ -14,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from benchmark.artifacts import file_sha256
 from benchmark.data import PreparedData
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -59,7 +61,6 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
                            for seed in seeds}
     metrics.update({"resolution": "prepared (32 px)", "eval_seconds": eval_seconds,
                     "evaluated_models": {str(seed): f"sha-{name}-{seed}" for seed in seeds}})
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     log_rows = []
     for seed in seeds:
@@ -78,6 +79,8 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
         "uses_weak": uses_weak, "epochs": epochs, "steps_per_epoch": 4, "batch_size": 4, "encoder": "resnet18",
         "encoder_weights": None, "image_size": 32, "precision": "fp32", "device": "cpu",
         "hardware": "CPU test (2 threads)", "train_seconds": train_seconds * len(seeds),
+        "configured": {"method": method, "strong_fraction": float(strong_fraction), "options": {},
+                       "seeds": list(seeds)},
         "seeds": {str(seed): {"train_seconds": train_seconds, "resumed_from_epoch": 0,
                               "model_sha256": f"sha-{name}-{seed}", "provenance": {
             "git_commit": COMMIT, "git_dirty": seed in dirty_seeds, "started": "2024-01-01T00:00:00+00:00",
@@ -95,4 +98,7 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
             maps.append((np.roll(mask, 1, axis=1) * 230).astype(np.uint8))  # a prediction one pixel to the right
         np.savez_compressed(folder / "examples.npz", image_ids=np.array(ids), datasets=np.array(datasets),
                             probabilities=np.stack(maps))
+    outputs = ["per_image.csv"] + (["examples.npz"] if with_examples else [])
+    metrics["outputs"] = {output: file_sha256(folder / output) for output in outputs}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))  # last, as the evaluate stage does
     return folder

@@ -1,7 +1,7 @@
 """params.yaml errors name the key and what to do."""
 import pytest
 
-from benchmark.config import ConfigError, all_runs, load_params, run_spec
+from benchmark.config import ConfigError, all_runs, load_params, run_spec, validate_params
 from tests.conftest import REPO, tiny_params
 
 
@@ -15,12 +15,12 @@ def test_repository_params_resolve():
 def test_bad_runs_are_reported_with_their_key(tmp_path):
     params = tiny_params()
     with pytest.raises(ConfigError, match="runs.nope is not configured"):
-        run_spec(params, "nope")
+        run_spec(validate_params(params), "nope")
     params["runs"]["bad"] = {"method": "strong_only", "strong_fraction": 1.5}
-    with pytest.raises(ConfigError, match=r"runs.bad.strong_fraction must be in \[0, 1\]"):
-        run_spec(params, "bad")
+    with pytest.raises(ConfigError, match=r"runs.bad.strong_fraction = 1.5: must be a number in \[0, 1\]"):
+        validate_params(params)
     params["runs"]["bad"] = {"strong_fraction": 0.5}
-    with pytest.raises(ConfigError, match="runs.bad.method is required"):
-        run_spec(params, "bad")
+    with pytest.raises(ConfigError, match="runs.bad.method: missing"):
+        validate_params(params)
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "params.yaml")

@@ -45,7 +45,7 @@ def test_real_source_through_the_stage(tmp_path, split):
 def test_unknown_source_is_a_config_error(tmp_path):
     params = tiny_params()
     params["data"]["source"] = "kaggle"
-    with pytest.raises(ConfigError, match="data.source must be one of"):
+    with pytest.raises(ConfigError, match=r"data.source = \"kaggle\": must be one of synthetic, real"):
         run_prepare(tmp_path, params)
 
 

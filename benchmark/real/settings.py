@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.splits import check_split
+from benchmark.cli import ReportedError
 
 CBIS_LAYOUTS = ("auto", "uid", "nbia", "kaggle")
 MASK_OUTSIDE_CROP = ("uncropped", "skip")  # what to do with an image whose mask leaves the breast crop
 
 
-class RealDataError(ValueError):
+class RealDataError(ReportedError, ValueError):
     """The real datasets cannot be prepared as configured; the message names the key, path or file."""
 
 
