@@ -79,7 +79,7 @@ def _distinct(values: list) -> list:
 def _auto_or_flag(value: Any) -> Any:
     if value == "auto" or isinstance(value, bool):
         return value
-    raise ValueError("neither auto nor a boolean")
+    raise PydanticCustomError("not_allowed", "not allowed")  # the message says what is, from the description
 
 
 def _percentile_pair(value: list[float]) -> list[float]:
@@ -358,11 +358,7 @@ def _error_line(error: dict, source: str, model: type[BaseModel], prefix: tuple)
     if kind == "value_error" and description:
         line += f" ({error['msg'].removeprefix('Value error, ')})"
     elif isinstance(value, str) and description and description.startswith(("a number", "an integer")):
-        try:
-            float(value)
-            line += f" (YAML read {value} as text: write it with a decimal point, e.g. 1.0e-4)"
-        except ValueError:
-            pass
+        line += " (quoted, so YAML reads it as text)" if re.fullmatch(r"[-+0-9.eE_]+", value) else ""
     return line
 
 
@@ -383,6 +379,14 @@ def validate_params(params: Any, source: str = "params.yaml") -> dict[str, Any]:
     return _validate(Params, params, source).model_dump(exclude_unset=True)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as DVC reads it (YAML 1.2 numbers): 1e-4 and 1.0e6 are floats, not the strings of YAML 1.1."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Read and validate params.yaml (every stage calls this first)."""
     path = Path(path)
@@ -390,7 +394,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(f"{path}: not found. Run the stages from the repository root (where dvc.yaml is).")
     try:
         with path.open() as handle:
-            params = yaml.safe_load(handle) or {}
+            params = yaml.load(handle, Loader=_Loader) or {}
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         position = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""

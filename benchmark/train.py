@@ -402,43 +402,47 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     first_epoch, log_rows, seconds_before, first_loss = 0, [], 0.0, None
     progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
                     disable=not show_progress)
-    checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
-    if checkpoint is not None:
-        method.load_state_dict(checkpoint["model"])
-        method.load_training_state(checkpoint["method_state"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        sampler.load_state_dict(checkpoint["sampler"])
-        _restore_rng_states(checkpoint["rng"])
-        first_epoch, log_rows = int(checkpoint["epoch"]), list(checkpoint["log_rows"])
-        seconds_before, first_loss = float(checkpoint["train_seconds"]), float(checkpoint["first_loss"])
-        progress.update(first_epoch * n_steps)
-        progress.write(f"{spec.name} seed {seed}: resumed after epoch {first_epoch} of {epochs} from {checkpoint_path}")
+    try:  # closed on any exit, so an error message starts on a line of its own
+        checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
+        if checkpoint is not None:
+            method.load_state_dict(checkpoint["model"])
+            method.load_training_state(checkpoint["method_state"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            sampler.load_state_dict(checkpoint["sampler"])
+            _restore_rng_states(checkpoint["rng"])
+            first_epoch, log_rows = int(checkpoint["epoch"]), list(checkpoint["log_rows"])
+            seconds_before, first_loss = float(checkpoint["train_seconds"]), float(checkpoint["first_loss"])
+            progress.update(first_epoch * n_steps)
+            progress.write(f"{spec.name} seed {seed}: resumed after epoch {first_epoch} of {epochs} from "
+                           f"{checkpoint_path}")
 
-    method.train()
-    for epoch in range(first_epoch, epochs):
-        lr = poly_lr(float(train_params["lr"]), epoch, epochs, float(train_params["poly_power"]))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        epoch_start, history, names = time.perf_counter(), [], None
-        for step in range(n_steps):
-            names = loop_step(method, training_set, sampler, optimizer, numerics, epoch * n_steps + step, history,
-                              progress)
-        values = torch.stack(history).cpu()  # the epoch's only device-to-host copy
-        check_finite(spec.name, seed, epoch + 1, names, values)
-        first_loss = float(values[0, names.index("total")]) if first_loss is None else first_loss
-        check_divergence(spec.name, seed, epoch + 1, names, values, first_loss, float(train_params["divergence_factor"]))
-        method.on_epoch_end(epoch, epochs)
-        means = dict(zip(names, values.double().mean(0).tolist()))
-        log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
-                         "seconds": round(time.perf_counter() - epoch_start, 3)})
-        progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
-        save_checkpoint(checkpoint_path, {
-            "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
-            "method_state": method.training_state(), "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(), "rng": _rng_states(), "log_rows": log_rows,
-            "train_seconds": seconds_before + time.perf_counter() - started, "first_loss": first_loss,
-        })
-    progress.close()
+        method.train()
+        for epoch in range(first_epoch, epochs):
+            lr = poly_lr(float(train_params["lr"]), epoch, epochs, float(train_params["poly_power"]))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_start, history, names = time.perf_counter(), [], None
+            for step in range(n_steps):
+                names = loop_step(method, training_set, sampler, optimizer, numerics, epoch * n_steps + step, history,
+                                  progress)
+            values = torch.stack(history).cpu()  # the epoch's only device-to-host copy
+            check_finite(spec.name, seed, epoch + 1, names, values)
+            first_loss = float(values[0, names.index("total")]) if first_loss is None else first_loss
+            check_divergence(spec.name, seed, epoch + 1, names, values, first_loss,
+                             float(train_params["divergence_factor"]))
+            method.on_epoch_end(epoch, epochs)
+            means = dict(zip(names, values.double().mean(0).tolist()))
+            log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
+                             "seconds": round(time.perf_counter() - epoch_start, 3)})
+            progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
+            save_checkpoint(checkpoint_path, {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
+                "method_state": method.training_state(), "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state_dict(), "rng": _rng_states(), "log_rows": log_rows,
+                "train_seconds": seconds_before + time.perf_counter() - started, "first_loss": first_loss,
+            })
+    finally:
+        progress.close()
 
     n_strong = int(training_set.is_strong.sum())
     counts = {"n_train": len(training_set), "n_strong": n_strong,

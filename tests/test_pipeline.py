@@ -3,8 +3,8 @@
 Also follows README "Add a method" literally: one new file under methods/ and one entry in
 params.yaml, nothing else, and the new row appears in reports/tables.md. Then kills a
 `dvc repro` in the middle of a training stage (SIGKILL to its whole process group) and checks
-that nothing it left looks complete to DVC or to the report, and that the next `dvc repro`
-resumes from the checkpoint.
+that nothing it left (nor the run's earlier evaluation) looks complete to DVC or to the report, and
+that the next `dvc repro` resumes from the checkpoint.
 """
 from __future__ import annotations
 
@@ -110,6 +110,9 @@ def test_killed_stage_leaves_nothing_complete_and_resumes(pipeline_copy: Path):
 
     run_dir = work / "runs" / "strong_only_100"
     assert not (run_dir / "train_info.json").exists() and not (run_dir / "models").exists()
+    for name in ("metrics.json", "per_image.csv", "examples.npz"):  # of the evaluation before the re-training
+        assert not (run_dir / name).exists(), f"{name} of the earlier evaluation looks current"
+    assert "runs/strong_only_100/metrics.json" not in run(["dvc", "metrics", "show"], work)
     assert "train@strong_only_100" in run(["dvc", "status"], work), "DVC does not take the killed stage as done"
     report = subprocess.run(["python", "-m", "benchmark.report", "--out", str(work / "report_check" / "tables.md")], cwd=work,
                             env=env, capture_output=True, text=True)

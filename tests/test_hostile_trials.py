@@ -1,0 +1,427 @@
+"""The hostile trials of issue 16, one test (or parameter) per row of its table, on the tiny configuration.
+
+Each trial is run as a user runs it, `python -m benchmark.<stage> ...` (in this process through runpy, so
+the `__main__` block and its error handling are the real ones; one trial is a real second process), and
+must end either in a correct result or in one line that names the key, the value and what is allowed,
+with a non-zero exit status and no traceback. A few trials read what a stage left on disk.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import benchmark.train as trainer
+from benchmark.config import RunSpec, run_spec
+from benchmark.data import load_prepared
+from benchmark.evaluate import evaluate_run
+from benchmark.networks import WeightsUnavailableError, build_unet
+from benchmark.train import CHECKPOINT_NAME, train_run
+from tests.conftest import REPO
+from tests.fake_runs import fabricate_run
+
+RUN = "strong_only_100"
+
+
+def run_stage(module: str, *args: str) -> tuple[int, str]:
+    """`python -m benchmark.<module> args...` in this process: (exit status, stderr). An exception that escapes
+    the entry point is what the interpreter would print, a traceback, with status 1."""
+    argv, stderr = sys.argv, io.StringIO()
+    sys.argv = [f"benchmark/{module}.py", *map(str, args)]
+    try:
+        with redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+            try:
+                runpy.run_module(f"benchmark.{module}", run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 - the interpreter's behaviour for an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+    return code, stderr.getvalue()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without tqdm's progress bars."""
+    return [line for line in stderr.replace("\r", "\n").splitlines()
+            if line.strip() and not any(marker in line for marker in ("step/s", "s/step", "batch/s", "domain/s", "%|"))]
+
+
+def assert_one_line_error(code: int, stderr: str, *fragments: str) -> str:
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = error_lines(stderr)
+    assert code != 0 and len(lines) == 1, f"exit {code}, stderr:\n{stderr[-3000:]}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def edited(params: dict, edits: dict) -> dict:
+    """A copy of params with dotted keys set, e.g. {"train.epochs": 0}."""
+    params = copy.deepcopy(params)
+    for key, value in edits.items():
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return params
+
+
+@pytest.fixture(scope="module")
+def one_run(tiny_prepared, tmp_path_factory) -> tuple[dict, Path, Path]:
+    """Tiny params with the Strong-Only 100% run and a hybrid run, in a folder of their own; the prepared data."""
+    params, prepared = tiny_prepared
+    params = copy.deepcopy(params)
+    params["runs"] = {RUN: params["runs"][RUN],
+                      "hybrid": {"method": "vanilla_hybrid", "row": "Vanilla-Hybrid", "strong_fraction": 0.5}}
+    params["train"]["checkpoint_dir"] = str(tmp_path_factory.mktemp("trial_checkpoints"))
+    params["report"]["bootstrap_resamples"] = 200
+    return params, prepared, tmp_path_factory.mktemp("trials")
+
+
+@pytest.fixture(scope="module")
+def trained(one_run, tmp_path_factory) -> Path:
+    """runs/ with RUN trained and evaluated (copy it before changing it)."""
+    params, prepared, _ = one_run
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    train_run(run_spec(params, RUN), params, prepared, runs, show_progress=False)
+    evaluate_run(RUN, params, prepared, runs)
+    return runs
+
+
+def copy_runs(trained: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "runs"))
+
+
+# -- rows of the table whose input is a params.yaml value ---------------------------------------------------
+CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
+    "epochs 0": ("train", {"train.epochs": 0}, ["train.epochs = 0: must be an integer >= 1"]),
+    "epochs -1": ("train", {"train.epochs": -1}, ["train.epochs = -1: must be an integer >= 1"]),
+    "batch_size 0": ("train", {"train.batch_size": 0}, ["train.batch_size = 0: must be an integer >= 1"]),
+    "image_size 0": ("prepare", {"data.image_size": 0}, ["data.image_size = 0: must be an integer >= 32"]),
+    "image_size 1": ("prepare", {"data.image_size": 1}, ["data.image_size = 1: must be an integer >= 32"]),
+    "image_size -5": ("prepare", {"data.image_size": -5}, ["data.image_size = -5: must be an integer >= 32"]),
+    "strong_fraction abc": ("train", {f"runs.{RUN}.strong_fraction": "abc"},
+                            [f'runs.{RUN}.strong_fraction = "abc": must be a number in [0, 1]']),
+    "strong_fraction null": ("train", {f"runs.{RUN}.strong_fraction": None},
+                             [f"runs.{RUN}.strong_fraction = null: must be a number in [0, 1]"]),
+    "strong_fraction true": ("train", {f"runs.{RUN}.strong_fraction": True},
+                             [f"runs.{RUN}.strong_fraction = true: must be a number in [0, 1]"]),
+    "threshold 2.0": ("evaluate", {"evaluate.threshold": 2.0}, ["evaluate.threshold = 2.0: must be a number in (0, 1)"]),
+    "test_fraction 0": ("prepare", {"data.test_fraction": 0}, ["data.test_fraction = 0: must be a number in (0, 1)"]),
+    "strong_share 1.5": ("train", {"train.strong_share": 1.5}, ["train.strong_share = 1.5: must be a number in [0, 1]"]),
+    "seeds [-1]": ("train", {"seeds": [-1]}, ["seeds[0] = -1: seeds must be a non-empty list of distinct integers"]),
+    "device gpu": ("train", {"train.device": "gpu"}, ['train.device = "gpu": must be auto, cpu, cuda or cuda:N']),
+}
+
+
+def stage_args(stage: str, params_file: Path, prepared: Path, runs: Path, run: str = RUN) -> list:
+    if stage == "prepare":
+        return ["--params", params_file, "--out", runs.parent / "prepared_out", "--preview", runs.parent / "p.png"]
+    if stage == "train":
+        return [run, "--params", params_file, "--prepared", prepared, "--out", runs]
+    if stage == "evaluate":
+        return [run, "--params", params_file, "--prepared", prepared, "--runs", runs]
+    return ["--params", params_file, "--runs", runs, "--prepared", prepared, "--out", runs.parent / "out" / "tables.md"]
+
+
+@pytest.mark.parametrize("trial", CONFIG_TRIALS)
+def test_a_bad_params_value_is_one_line_naming_key_value_and_what_is_allowed(trial, one_run, trained, tmp_path):
+    stage, edits, fragments = CONFIG_TRIALS[trial]
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, edits))
+    before = {path: path.stat().st_mtime_ns for path in runs.rglob("*")}
+    code, stderr = run_stage(stage, *stage_args(stage, params_file, prepared, runs))
+    assert_one_line_error(code, stderr, f"{params_file}: ", *fragments)
+    assert {path: path.stat().st_mtime_ns for path in runs.rglob("*")} == before, "no output was touched"
+    assert not (tmp_path / "prepared_out").exists()
+
+
+def test_cuda_device_on_a_machine_without_one(one_run, trained, tmp_path, monkeypatch):
+    params, prepared, _ = one_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runs = copy_runs(trained, tmp_path)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.device": "cuda:0"}))
+    for stage in ("train", "evaluate"):
+        code, stderr = run_stage(stage, *stage_args(stage, params_file, prepared, runs))
+        assert_one_line_error(code, stderr, "train.device = 'cuda:0': no CUDA device is visible", "use auto or cpu")
+    assert (runs / RUN / "metrics.json").is_file(), "the earlier results were not touched"
+
+
+def test_a_gpu_index_the_machine_does_not_have(one_run, trained, tmp_path, monkeypatch):
+    params, prepared, _ = one_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.device": "cuda:7"}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, copy_runs(trained, tmp_path)))
+    assert_one_line_error(code, stderr, "train.device = 'cuda:7': this machine has 2 CUDA device(s) (cuda:0 to cuda:1)")
+
+
+def test_a_method_that_trains_on_masks_gets_at_least_one_strong_image(one_run, tmp_path):
+    """strong_fraction 0.001 of 16 training images is 0 masks: a hybrid method used to train on boxes alone."""
+    params, prepared, _ = one_run
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"runs.hybrid.strong_fraction": 0.001}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs", run="hybrid"))
+    assert_one_line_error(code, stderr, "runs.hybrid.strong_fraction = 0.001: gives 0 of the 16 training images a mask",
+                          "method vanilla_hybrid trains on masks", "strong_fraction >= 0.0625")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_real_command_line_prints_one_line_and_exits_non_zero(one_run, tmp_path):
+    """The same as above through a real `python -m benchmark.train` process."""
+    params, prepared, _ = one_run
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.epochs": 0}))
+    result = subprocess.run([sys.executable, "-m", "benchmark.train", RUN, "--params", str(params_file), "--prepared",
+                             str(prepared), "--out", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"{params_file}: train.epochs = 0: must be an integer >= 1"]
+
+
+# -- divergence -----------------------------------------------------------------------------------------------
+def test_an_exploding_loss_stops_the_run_naming_run_seed_epoch_and_term(one_run, trained, tmp_path):
+    """lr 1e6: the loss reached 2e12 and stayed finite; the run "succeeded" with 0.00 Dice. Its earlier
+    results must not survive the failed training either."""
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.lr": 1.0e6}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, runs))
+    assert "Traceback" not in stderr
+    line = error_lines(stderr)[-1]
+    assert code == 1 and line.startswith(f"run {RUN} (seed 0): the loss diverged at epoch 1: its mean total loss ")
+    assert "more than train.divergence_factor = 100" in line and "largest term 'structure'" in line
+    left = sorted(path.name for path in (runs / RUN).rglob("*"))
+    assert left == [], f"a diverged training leaves nothing that looks like a result: {left}"
+
+
+def test_the_report_marks_a_run_whose_loss_did_not_decrease(tiny_prepared, tmp_path):
+    params, prepared = tiny_prepared
+    params = copy.deepcopy(params)
+    data = load_prepared(prepared)
+    runs = tmp_path / "runs"
+    for name, fraction in (("strong_only_100", 1.0), ("strong_only_10", 0.1)):
+        tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
+        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
+                      uses_weak=False, dice={domain: {0: np.full(len(rows), 0.5)} for domain, rows in tests.items()})
+    log = pd.read_csv(runs / "strong_only_10" / "train_log.csv")
+    log["total"] = log["structure"] = [1.0, 1.2, 1.1]  # epoch 3 ends above epoch 1
+    log.to_csv(runs / "strong_only_10" / "train_log.csv", index=False)
+    params_file = write_params(tmp_path / "params.yaml", params)
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert code == 0, stderr[-3000:]
+    text = (tmp_path / "out" / "tables.md").read_text()
+    assert "| Strong-Only † | 10% | 0% |" in text and "| Strong-Only | 100% | 0% |" in text
+    assert "† training loss did not decrease" in text
+    assert "**Training loss did not decrease** († in the tables) in: Strong-Only 10%" in text
+    assert "seed 0: training loss did not decrease (epoch 1: 1, epoch 3: 1.1)" in text
+
+
+# -- nothing stale --------------------------------------------------------------------------------------------
+def test_a_failed_training_removes_the_runs_earlier_evaluation(one_run, trained, tmp_path, monkeypatch):
+    """NaN after an earlier successful run: metrics.json, per_image.csv and examples.npz used to stay and
+    `dvc metrics show` listed them as current (the kill -9 case is in test_pipeline)."""
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    from methods.strong_only import StrongOnly
+
+    real_step = StrongOnly.training_step
+    monkeypatch.setattr(StrongOnly, "training_step",
+                        lambda self, batch: {k: v * float("nan") for k, v in real_step(self, batch).items()})
+    code, stderr = run_stage("train", *stage_args("train", write_params(tmp_path / "p.yaml", params), prepared, runs))
+    for name in ("metrics.json", "per_image.csv", "examples.npz", "train_info.json", "train_log.csv", "models"):
+        assert not (runs / RUN / name).exists(), f"{name} of the earlier run is still there"
+    assert code == 1 and "loss term 'structure' is nan" in error_lines(stderr)[-1] and "Traceback" not in stderr
+
+
+def test_an_edited_strong_fraction_is_refused_by_evaluate_and_report(one_run, trained, tmp_path):
+    """strong_fraction edited after training, evaluate + report by hand: the row said 50% for a model trained at
+    100% (the issue's example: 50% vs 10%)."""
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    changed = edited(params, {f"runs.{RUN}.strong_fraction": 0.5})
+    changed["runs"] = {RUN: changed["runs"][RUN]}
+    params_file = write_params(tmp_path / "params.yaml", changed)
+    expected = (f"runs.{RUN} differs from what {runs / RUN / 'train_info.json'} was trained with: strong_fraction 0.5 "
+                "(trained: 1.0)")
+    for stage in ("evaluate", "report"):
+        code, stderr = run_stage(stage, *stage_args(stage, params_file, prepared, runs))
+        assert_one_line_error(code, stderr, expected, f"dvc repro train@{RUN}")
+    assert (runs / RUN / "metrics.json").is_file(), "evaluate refused before removing anything"
+    assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def test_a_per_image_csv_copied_from_another_run_is_refused(tiny_prepared, tmp_path):
+    """It was accepted: a paired row of +0.00 [+0.00, +0.00], p = 1."""
+    params, prepared = tiny_prepared
+    params = copy.deepcopy(params)
+    data = load_prepared(prepared)
+    runs = tmp_path / "runs"
+    tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
+    for name, fraction, dice in (("strong_only_100", 1.0, 0.6), ("strong_only_10", 0.1, 0.4)):
+        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
+                      uses_weak=False, dice={domain: {0: np.full(len(rows), dice)} for domain, rows in tests.items()})
+    params_file = write_params(tmp_path / "params.yaml", params)
+    code, _ = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert code == 0, "the untouched runs are reported"
+    shutil.copy(runs / "strong_only_100" / "per_image.csv", runs / "strong_only_10" / "per_image.csv")
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, f"{runs / 'strong_only_10' / 'per_image.csv'}: not the file",
+                          "copied from another run", "dvc repro evaluate@strong_only_10")
+
+
+# -- checkpoints and concurrent trainers -----------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+def test_random_bytes_inside_a_checkpoint_discard_it_and_the_run_starts_over(one_run, tmp_path, monkeypatch, capsys):
+    """It was resumed from, then NaN at the next epoch on every re-run, with advice to lower the learning rate."""
+    params, prepared, _ = one_run
+    params = edited(params, {"train.epochs": 2, "train.checkpoint_dir": str(tmp_path / "ck")})
+    spec = run_spec(params, RUN)
+    real_save = trainer.atomic_torch_save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == CHECKPOINT_NAME and payload["epoch"] == 1:
+            raise Interrupted
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
+    with pytest.raises(Interrupted):
+        train_run(spec, params, prepared, tmp_path / "runs", show_progress=False)
+    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    checkpoint = tmp_path / "ck" / RUN / "seed_0" / CHECKPOINT_NAME
+    size = checkpoint.stat().st_size
+    with checkpoint.open("r+b") as handle:  # 64 KiB of random bytes in the middle of the file
+        handle.seek(size // 2)
+        handle.write(np.random.default_rng(0).bytes(64 * 1024))
+    assert checkpoint.stat().st_size == size
+    capsys.readouterr()
+    info = train_run(spec, params, prepared, tmp_path / "runs", show_progress=False)
+    out = capsys.readouterr().out
+    assert f"{checkpoint}: damaged checkpoint" in out and "discarded it, starting from scratch" in out
+    assert info["seeds"]["0"]["resumed_from_epoch"] == 0
+    log = pd.read_csv(tmp_path / "runs" / RUN / "train_log.csv")
+    assert list(log["epoch"]) == [1, 2] and np.isfinite(log["total"]).all()
+
+
+def test_a_second_trainer_of_the_same_run_stops_at_once(one_run, tmp_path):
+    """Two `python -m benchmark.train <same run>` at once: one crashed on the checkpoint rename."""
+    params, prepared, _ = one_run
+    params = edited(params, {"train.epochs": 30, "train.checkpoint_dir": str(tmp_path / "ck")})
+    params_file = write_params(tmp_path / "params.yaml", params)
+    args = stage_args("train", params_file, prepared, tmp_path / "runs")
+    first = subprocess.Popen([sys.executable, "-m", "benchmark.train", *map(str, args)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        checkpoint = tmp_path / "ck" / RUN / "seed_0" / CHECKPOINT_NAME
+        deadline = time.time() + 240
+        while not checkpoint.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first trainer is still training"
+        started = time.perf_counter()
+        code, stderr = run_stage("train", *args)
+        assert_one_line_error(code, stderr, f"run {RUN} is being trained by another process",
+                              f"{tmp_path / 'ck' / (RUN + '.lock')}")
+        assert time.perf_counter() - started < 30, "it stopped at once, before training"
+        assert first.poll() is None, "the first trainer was not disturbed"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+# -- encoder weight files ----------------------------------------------------------------------------------------
+MODEL = {"encoder": "resnet18", "encoder_weights": None, "decoder_channels": [16, 16, 8, 8, 8]}
+
+
+def write_text(path: Path) -> None:
+    path.write_text("these are not weights\n")
+
+
+def write_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def write_pickled_list(path: Path) -> None:
+    torch.save([1, 2, 3], path)
+
+
+def write_other_encoder(path: Path) -> None:
+    torch.save(build_unet({**MODEL, "encoder": "resnet34"}).encoder.state_dict(), path)
+
+
+def write_wrong_shapes(path: Path) -> None:
+    state = build_unet(MODEL).encoder.state_dict()
+    state["conv1.weight"] = torch.zeros(64, 1, 3, 3)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("writer, reason", [
+    (write_text, "torch.load cannot read it"),
+    (write_empty, "torch.load cannot read it"),
+    (write_pickled_list, "it holds a list, not a mapping of parameter names to tensors"),
+    (write_other_encoder, "unexpected ['layer1.2.conv1.weight'"),
+    (write_wrong_shapes, "shapes differ: conv1.weight (64, 1, 3, 3) instead of (64, 1, 7, 7)"),
+], ids=["text", "empty", "pickled list", "resnet34 for resnet18", "wrong shapes"])
+def test_a_weight_file_that_is_no_state_dict_of_the_encoder_gives_the_documented_error(writer, reason, tmp_path):
+    path = tmp_path / "weights.pth"
+    writer(path)
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_unet({**MODEL, "encoder_weights": str(path)})
+    message = str(error.value)
+    assert message.startswith(f"model.encoder_weights: {path} is not a state dict of the configured encoder resnet18")
+    assert reason in message and "\n" not in message
+
+
+def test_a_bad_weight_file_stops_the_train_stage_with_one_line(one_run, tmp_path):
+    params, prepared, _ = one_run
+    write_text(tmp_path / "weights.pth")
+    params_file = write_params(tmp_path / "params.yaml",
+                               edited(params, {"model.encoder_weights": str(tmp_path / "weights.pth")}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
+    assert_one_line_error(code, stderr, "is not a state dict of the configured encoder resnet18")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_method_option_error_names_its_key(one_run, tmp_path):
+    params, prepared, _ = one_run
+    for run, edits, expected in (
+            (RUN, {f"runs.{RUN}.options": {"nope": 1}}, f"runs.{RUN}.options.nope = 1: unknown option of method "
+                                                       "strong_only; its options: bce_weighting, loss"),
+            ("hybrid", {"runs.hybrid.options": {"loss": "abc"}},
+             "runs.hybrid.options.loss = 'abc': must be one of structure, bce_dice, bce"),
+            ("hybrid", {"runs.hybrid.method": "strong_weak", "runs.hybrid.options": {"neck_layers": 99}},
+             "runs.hybrid.options (method strong_weak): option neck_layers must be an integer from 0 to")):
+        params_file = write_params(tmp_path / "params.yaml", edited(params, edits))
+        code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs", run=run))
+        assert_one_line_error(code, stderr, expected)
+    assert not (tmp_path / "runs").exists()
