@@ -252,7 +252,8 @@ class Params(Section):
     train: Train
     evaluate: Evaluate
     seeds: SeedList
-    runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, ...)")]
+    runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, "
+                                                          "...)")]
     report: Report
 
 

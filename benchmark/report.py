@@ -5,17 +5,19 @@
 
 Every configured run is one (row, S) entry of the tables and holds all its seeds in runs/<run>/:
 metrics.json (per-seed means), per_image.csv, train_info.json (with each seed's provenance),
-train_log.csv and examples.npz. Nothing stale is reported: a run is refused when its params.yaml
-entry (method, strong fraction, options, seeds) differs from what train_info.json says it was
-trained with, when metrics.json evaluated other weights than train_info.json lists, or when
-per_image.csv or examples.npz is not the file whose sha256 metrics.json recorded; each row's method,
-fraction and options are read from train_info.json. A run whose last-epoch training loss is not
-below its first epoch's is marked † in the tables and named in the summary and the list of runs. tables.md opens with a summary (data, hardware, time, seeds, the
+train_log.csv and examples.npz. tables.md opens with a summary (data, hardware, time, seeds, the
 code the runs were trained at, which of the paper's claims we agree or disagree with), then the
 paper's Table 1 and Table 2 with our mean ± std over seeds (n) beside the paper's numbers, the
 runs that match no paper row, the paired comparisons of the reference row with every other row,
 the figures (written to figures/ beside tables.md by benchmark/figures.py) and the list of runs.
 Nothing here is random except seeded choices: identical inputs give byte-identical outputs.
+
+Nothing stale is reported: a run is refused when its params.yaml entry (method, strong fraction,
+options, seeds) differs from what train_info.json says it was trained with, when metrics.json
+evaluated other weights than train_info.json lists, or when per_image.csv or examples.npz is not the
+file whose sha256 metrics.json recorded; each row's method, fraction and options are read from
+train_info.json. A run whose last-epoch training loss is not below its first epoch's (in any seed) is
+marked † in the tables and named in the summary and the list of runs.
 """
 from __future__ import annotations
 

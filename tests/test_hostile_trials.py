@@ -134,9 +134,11 @@ CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
                              [f"runs.{RUN}.strong_fraction = null: must be a number in [0, 1]"]),
     "strong_fraction true": ("train", {f"runs.{RUN}.strong_fraction": True},
                              [f"runs.{RUN}.strong_fraction = true: must be a number in [0, 1]"]),
-    "threshold 2.0": ("evaluate", {"evaluate.threshold": 2.0}, ["evaluate.threshold = 2.0: must be a number in (0, 1)"]),
+    "threshold 2.0": ("evaluate", {"evaluate.threshold": 2.0},
+                      ["evaluate.threshold = 2.0: must be a number in (0, 1)"]),
     "test_fraction 0": ("prepare", {"data.test_fraction": 0}, ["data.test_fraction = 0: must be a number in (0, 1)"]),
-    "strong_share 1.5": ("train", {"train.strong_share": 1.5}, ["train.strong_share = 1.5: must be a number in [0, 1]"]),
+    "strong_share 1.5": ("train", {"train.strong_share": 1.5},
+                         ["train.strong_share = 1.5: must be a number in [0, 1]"]),
     "seeds [-1]": ("train", {"seeds": [-1]}, ["seeds[0] = -1: seeds must be a non-empty list of distinct integers"]),
     "device gpu": ("train", {"train.device": "gpu"}, ['train.device = "gpu": must be auto, cpu, cuda or cuda:N']),
 }
