@@ -82,6 +82,12 @@ def _auto_or_flag(value: Any) -> Any:
     raise PydanticCustomError("not_allowed", "not allowed")  # the message says what is, from the description
 
 
+def _structure_window(value: Any) -> Any:
+    if value == "scaled" or (isinstance(value, int) and not isinstance(value, bool) and value >= 3 and value % 2):
+        return value
+    raise PydanticCustomError("not_allowed", "not allowed")
+
+
 def _percentile_pair(value: list[float]) -> list[float]:
     if not value[0] < value[1]:
         raise ValueError("low must be below high")
@@ -100,6 +106,8 @@ AutoOrFlag = Annotated[Union[Literal["auto"], bool], PlainValidator(_auto_or_fla
                        Field(description="auto, true or false")]
 PercentilePair = Annotated[list[Number(ge=0, le=100)], Field(min_length=2, max_length=2),
                            AfterValidator(_percentile_pair)]
+StructureWindow = Annotated[Any, PlainValidator(_structure_window), Field(description=(
+    "scaled (F3Net's 31 px at 352 px, scaled to the image) or an odd integer >= 3"))]
 Percentiles = Annotated[PercentilePair | None, Field(description="null or [low, high] with 0 <= low < high <= 100")]
 
 
@@ -209,6 +217,7 @@ class Train(Section):
     vflip: Flag
     steps_per_epoch: OneOf("all_train", "method")
     strong_share: Probability
+    structure_window: StructureWindow
     divergence_factor: Number(gt=1)
     device: Device
     num_threads: Integer(ge=0)

@@ -39,6 +39,7 @@ import yaml
 from tqdm import tqdm
 
 from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_text, read_json
+from benchmark.cli import run_cli
 from benchmark.config import ConfigError, load_params, run_spec
 from benchmark.evaluate import load_run_models, predict_probabilities
 from benchmark.heldout import fresh_cbis_sets
@@ -314,4 +315,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
