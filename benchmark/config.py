@@ -144,6 +144,7 @@ class RealData(Section):
 
 class Preprocess(Section):
     breast_crop: Flag
+    mask_outside_crop: OneOf("uncropped", "skip")
     flip_to_left: Flag
     clip_percentiles: Percentiles
 
@@ -176,7 +177,7 @@ class Synthetic(Section):
 class Data(Section):
     source: OneOf("synthetic", "real")
     image_size: Integer(ge=ENCODER_STRIDE, multiple_of=ENCODER_STRIDE)
-    split: OneOf("random", "official")
+    split: OneOf("random", "random_by_patient", "official")
     split_seed: Seed
     test_fraction: Number(gt=0, lt=1)
     box_margin: Integer(ge=0)
@@ -188,7 +189,7 @@ class Data(Section):
     def _split(self) -> "Data":
         if self.split == "official" and self.source != "real":
             raise _cross_check("split = official: only the real CBIS-DDSM has an official split; use random")
-        if self.source == "synthetic" and self.split == "random":
+        if self.source == "synthetic":  # each synthetic image is a breast of its own: both random kinds alike
             total = self.synthetic.n_cbis
             n_test = round(self.test_fraction * total)
             if not 1 <= n_test < total:

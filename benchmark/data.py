@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from benchmark.splits import breast_keys, check_split, draw_test, same_breast_leaks
 from benchmark.cli import MissingOutputError
 from benchmark.config import ConfigError
+from benchmark.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
 DOMAINS = ("cbis", "inbreast")
 MANIFEST_COLUMNS = [

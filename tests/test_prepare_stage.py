@@ -26,7 +26,7 @@ def test_real_source_through_the_stage(tmp_path, split):
     cbis_root = write_uid_tree(tmp_path / "cbis", standard_cases())
     write_inbreast_tree(tmp_path / "inbreast")
     params = tiny_params(image_size=S)
-    params["data"].update(source="real", split=split, preprocess=EXACT)
+    params["data"].update(source="real", split=split, preprocess={**params["data"]["preprocess"], **EXACT})
     params["data"]["real"].update(cbis_root=str(cbis_root), inbreast_root=str(tmp_path / "inbreast"), workers=1)
     data = run_prepare(tmp_path, params)
     manifest = data.manifest
@@ -53,7 +53,8 @@ def test_an_unknown_split_fails_before_any_data_is_read(tmp_path):
     params = tiny_params()
     params["data"].update(source="real", split="patient")
     params["data"]["real"].update(cbis_root=str(tmp_path / "nowhere"), inbreast_root=str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match=r"data\.split must be one of random, random_by_patient, official"):
+    with pytest.raises(ConfigError, match=r'data\.split = "patient": must be one of random, random_by_patient, '
+                                          r'official'):
         run_prepare(tmp_path, params)
     assert not (tmp_path / "prepared").exists()
 

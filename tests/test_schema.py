@@ -131,7 +131,7 @@ FLAGS = ["data.preprocess.breast_crop", "data.preprocess.flip_to_left", "train.h
 BOUNDS = {
     "data.source": (["synthetic", "real"], ["kaggle", "Synthetic"]),
     "data.image_size": ([32, 64, 352], [0, 1, -5, 31, 48, 100]),
-    "data.split": (["random"], ["by_patient"]),
+    "data.split": (["random", "random_by_patient"], ["by_patient"]),
     "data.split_seed": ([0, SEED_MAX], [-1, SEED_MAX + 1]),
     "data.test_fraction": ([0.002, 0.5, 0.998], [0, 1, -0.1, 1.5]),
     "data.box_margin": ([0, 5], [-1, 1.5]),
@@ -139,6 +139,7 @@ BOUNDS = {
     "data.real.inbreast_root": (["~/y"], [""]),
     "data.real.cbis_layout": (["auto", "uid", "nbia", "kaggle"], ["dicom"]),
     "data.real.workers": ([0, 4], [-1]),
+    "data.preprocess.mask_outside_crop": (["uncropped", "skip"], ["keep", True]),
     "data.preprocess.clip_percentiles": ([[0, 100], [0.5, 99.5], None], [[-1, 100], [0, 101], [50, 50], [60, 40],
                                                                           [10], [1, 2, 3]]),
     "data.synthetic.seed": ([0, SEED_MAX], [-1, SEED_MAX + 1]),

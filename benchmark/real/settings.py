@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.splits import check_split
 from benchmark.cli import ReportedError
+from benchmark.splits import check_split
 
 CBIS_LAYOUTS = ("auto", "uid", "nbia", "kaggle")
 MASK_OUTSIDE_CROP = ("uncropped", "skip")  # what to do with an image whose mask leaves the breast crop
