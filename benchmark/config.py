@@ -14,20 +14,18 @@ machine's devices, the encoder weights) run at the start of the stage that needs
 touches an output (benchmark.train, benchmark.evaluate).
 """
 import importlib.util
-import json
 import pkgutil
 import re
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic.fields import FieldInfo
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from benchmark.cli import ReportedError
+from benchmark.schema_messages import CROSS_CHECK, error_line, show
 
 PARAMS_FILE = Path("params.yaml")
 SEED_MAX = 2**32 - 1  # numpy's global seeding (np.random.seed) takes 32-bit seeds
@@ -127,7 +125,7 @@ def _known_method(name: str) -> str:
 
 def _cross_check(message: str) -> PydanticCustomError:
     """A rule between keys of one section; the message starts with the section-relative key it is about."""
-    return PydanticCustomError("cross_check", "{message}", {"message": message})
+    return PydanticCustomError(CROSS_CHECK, "{message}", {"message": message})
 
 
 # -- the schema: one class per section, one line per key --------------------------------------------------
@@ -267,117 +265,11 @@ class Params(Section):
     report: Report
 
 
-# -- turning pydantic's errors into one line each -----------------------------------------------------------
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _unwrap(annotation: Any) -> Any:
-    """The type inside Annotated[...] / Optional[...]."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin in (Union, types.UnionType):
-            options = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(options) != 1:
-                return annotation
-            annotation = options[0]
-        else:
-            return annotation
-
-
-def _description(annotation: Any) -> str | None:
-    """The first description in an annotation's Annotated metadata, looking through Optional."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            inner, *metadata = get_args(annotation)
-            found = next((m.description for m in metadata if isinstance(m, FieldInfo) and m.description), None)
-            if found:
-                return found
-            annotation = inner
-        elif origin in (Union, types.UnionType):
-            options = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(options) != 1:
-                return None
-            annotation = options[0]
-        else:
-            return None
-
-
-def _describe(model: type[BaseModel], loc: tuple) -> tuple[str | None, int, type[BaseModel] | None]:
-    """What the key at `loc` allows: (description, how many loc parts name the described key, its model
-    class when the key is a section). A "[key]" part (a mapping's key was refused) describes the key type."""
-    annotation, description, depth = model, None, 0
-    for position, part in enumerate(loc):
-        annotation = _unwrap(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            info = annotation.model_fields.get(part) if isinstance(part, str) else None
-            if info is None:
-                return description, depth, None
-            annotation, depth = info.annotation, position + 1
-            description = info.description or _description(info.annotation)
-        elif get_origin(annotation) is dict:
-            key_type, annotation = get_args(annotation)
-            if position + 1 < len(loc) and loc[position + 1] == "[key]":
-                return _description(key_type), position + 1, None
-            description, depth = None, position + 1
-        elif get_origin(annotation) is list:
-            annotation = get_args(annotation)[0]
-        else:
-            break
-    annotation = _unwrap(annotation)
-    section = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return description, depth, section
-
-
-def _dotted(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else ("." if text else "") + str(part)
-    return text
-
-
-def _error_line(error: dict, source: str, model: type[BaseModel], prefix: tuple) -> str:
-    loc = tuple(part for part in error["loc"] if part != "[key]")
-    key = _dotted(prefix + loc)
-    kind, value = error["type"], error.get("input")
-    if kind == "cross_check":
-        return f"{source}: {key + '.' if key else ''}{error['ctx']['message']}"
-    if kind == "extra_forbidden":
-        parent = _describe(model, loc[:-1])[2] or model
-        where = _dotted(prefix + loc[:-1]) or "the top level"
-        return (f"{source}: {key}: unknown key; {where} takes: {', '.join(parent.model_fields)} "
-                "(a new key is declared in benchmark/config.py)")
-    if "[key]" in error["loc"]:
-        return f"{source}: {key}: the name {_show(value)} is not allowed; must be {_describe(model, error['loc'])[0]}"
-    description, depth, section = _describe(model, loc)
-    if section is not None:
-        required = f"a section with the keys {', '.join(section.model_fields)}"
-        if kind == "missing":
-            return f"{source}: {key}: missing; it must be {required}"
-        return f"{source}: {key} = {_show(value)}: must be {required}"
-    allowed = f"must be {description}" if description else error["msg"].replace("Input should be", "must be")
-    owner = _dotted(prefix + loc[:depth])
-    if owner != key and description:
-        allowed = f"{owner} {allowed}"
-    if kind == "missing":
-        return f"{source}: {key}: missing; it {allowed}"
-    line = f"{source}: {key} = {_show(value)}: {allowed}"
-    if kind == "value_error" and description:
-        line += f" ({error['msg'].removeprefix('Value error, ')})"
-    elif isinstance(value, str) and description and description.startswith(("a number", "an integer")):
-        line += " (quoted, so YAML reads it as text)" if re.fullmatch(r"[-+0-9.eE_]+", value) else ""
-    return line
-
-
 def _validate(model: type[BaseModel], payload: Any, source: str, prefix: tuple = ()) -> BaseModel:
     try:
         return model.model_validate(payload)
     except ValidationError as error:
-        lines = [_error_line(item, source, model, prefix) for item in error.errors()]
+        lines = [error_line(item, source, model, prefix) for item in error.errors()]
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 
@@ -438,7 +330,7 @@ class RunSpec:
 def check_run_spec(spec: RunSpec, source: str = "params.yaml") -> None:
     """The run entry's schema, for a RunSpec built in code rather than read from params.yaml."""
     if not re.fullmatch(RUN_NAME_PATTERN, spec.name):
-        raise ConfigError(f"{source}: runs.{spec.name}: the name {_show(spec.name)} is not allowed; must be "
+        raise ConfigError(f"{source}: runs.{spec.name}: the name {show(spec.name)} is not allowed; must be "
                           "a run name of letters, digits, '_', '.', '-'")
     _validate(Run, {"method": spec.method, "strong_fraction": spec.strong_fraction, "row": spec.row,
                     "seeds": list(spec.seeds), "options": spec.options}, source, ("runs", spec.name))
@@ -466,7 +358,7 @@ def check_trained_as(spec: RunSpec, info: dict[str, Any], info_path: Path) -> No
     if not isinstance(trained, dict):
         raise ConfigError(f"{info_path}: has no record of the run's configuration (written by an older train "
                           f"stage); re-train it: dvc repro train@{spec.name}")
-    differs = [f"{key} {_show(value)} (trained: {_show(trained.get(key))})"
+    differs = [f"{key} {show(value)} (trained: {show(trained.get(key))})"
                for key, value in spec.configured().items() if trained.get(key) != value]
     if differs:
         raise ConfigError(f"params.yaml: runs.{spec.name} differs from what {info_path} was trained with: "
