@@ -86,6 +86,12 @@ def _structure_window(value: Any) -> Any:
     raise PydanticCustomError("not_allowed", "not allowed")
 
 
+def _seed_workers(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise PydanticCustomError("not_allowed", "not allowed")
+
+
 def _percentile_pair(value: list[float]) -> list[float]:
     if not value[0] < value[1]:
         raise ValueError("low must be below high")
@@ -106,6 +112,7 @@ PercentilePair = Annotated[list[Number(ge=0, le=100)], Field(min_length=2, max_l
                            AfterValidator(_percentile_pair)]
 StructureWindow = Annotated[Any, PlainValidator(_structure_window), Field(description=(
     "scaled (F3Net's 31 px at 352 px, scaled to the image) or an odd integer >= 3"))]
+SeedWorkers = Annotated[Any, PlainValidator(_seed_workers), Field(description="auto or an integer >= 1")]
 Percentiles = Annotated[PercentilePair | None, Field(description="null or [low, high] with 0 <= low < high <= 100")]
 
 
@@ -220,6 +227,7 @@ class Train(Section):
     divergence_factor: Number(gt=1)
     device: Device
     num_threads: Integer(ge=0)
+    seed_workers: SeedWorkers
     precision: OneOf("auto", "fp32", "bf16")
     channels_last: Flag
     compile: Flag
@@ -232,6 +240,7 @@ class Evaluate(Section):
     batch_size: Integer(ge=1)
     figure_examples: Integer(ge=1)
     figure_seed: Seed
+    protocol: OneOf("threshold", "authors")
 
 
 class Run(Section):

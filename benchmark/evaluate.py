@@ -4,13 +4,18 @@
 
 Intra-domain: the CBIS(-like) test split; cross-domain: every INbreast(-like) image.
 Every seed's final weights are evaluated at the prepared resolution (no checkpoint or
-threshold is ever chosen on a test set). Before it removes its previous outputs, the stage checks
+threshold is ever chosen on a test set), under both evaluation protocols (benchmark/metrics.py;
+`evaluate.protocol` only chooses which one the report sets beside the paper's numbers):
+`threshold` (Dice of sigmoid(logit) > `evaluate.threshold`, S-measure of the probability map) and
+`authors` (the paper's group's published test.py + eval.py: mDice over 256 thresholds and the
+S-measure of a min-max-normalised map). Before it removes its previous outputs, the stage checks
 params.yaml, the device, and that the run's params entry and `model` section are those
 train_info.json records it was trained with. Writes runs/<run>/per_image.csv (seed, image id,
-dataset, Dice, S-measure, mask, box and predicted areas), runs/<run>/examples.npz (the first
-seed's probability maps of the report's example images) and, last, runs/<run>/metrics.json
-(per test set: mean and std over seeds in %, per-seed means, the sha256 of the evaluated models
-and of per_image.csv and examples.npz, which the report verifies; DVC metrics).
+dataset, dice, smeasure, authors_mdice, authors_smeasure, mask, box and predicted areas),
+runs/<run>/examples.npz (the first seed's probability maps of the report's example images) and,
+last, runs/<run>/metrics.json (per test set: mean and std over seeds in %, per-seed means, the
+sha256 of the evaluated models and of per_image.csv and examples.npz, which the report verifies;
+DVC metrics).
 """
 from __future__ import annotations
 
@@ -30,45 +35,53 @@ from benchmark.artifacts import (EVALUATION_OUTPUTS, atomic_savez, atomic_write_
 from benchmark.cli import MissingOutputError, run_cli
 from benchmark.config import ConfigError, check_trained_as, load_params, run_spec, validate_params
 from benchmark.data import PreparedData, load_prepared
-from benchmark.metrics import dice, smeasure
+from benchmark.metrics import authors_prediction_map, authors_scores, dice, smeasure
 from benchmark.runtime import configure_threads, pick_device
 from benchmark.sampling import normalise
 from benchmark.train import build_method
 
 TEST_SETS = {"cbis": "intra-domain", "inbreast": "cross-domain"}
+# per-image metrics of both protocols: threshold (dice, smeasure) and authors (authors_mdice, authors_smeasure)
+METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")
 
 
 @torch.no_grad()
+def predict_maps(method, images_u8: np.ndarray, device: torch.device, batch_size: int,
+                 desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation logits and their sigmoid probabilities, (N, H, W) float32 each, for uint8 images (N, H, W)."""
+    method.eval()
+    logits, probabilities = np.zeros(images_u8.shape, np.float32), np.zeros(images_u8.shape, np.float32)
+    for start in tqdm(range(0, len(images_u8), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = torch.as_tensor(images_u8[start:start + batch_size, None]).to(device)
+        output = method.predict(normalise(chunk))
+        logits[start:start + len(chunk)] = output.float()[:, 0].cpu().numpy()
+        probabilities[start:start + len(chunk)] = torch.sigmoid(output).float()[:, 0].cpu().numpy()
+    return logits, probabilities
+
+
 def predict_probabilities(method, images_u8: np.ndarray, device: torch.device, batch_size: int,
                           desc: str = "predict") -> np.ndarray:
     """Sigmoid probabilities (N, H, W) float32 for uint8 images (N, H, W)."""
-    method.eval()
-    out = np.zeros(images_u8.shape, dtype=np.float32)
-    for start in tqdm(range(0, len(images_u8), batch_size), desc=desc, unit="batch", leave=False):
-        chunk = torch.as_tensor(images_u8[start:start + batch_size, None]).to(device)
-        out[start:start + len(chunk)] = torch.sigmoid(method.predict(normalise(chunk))).float()[:, 0].cpu().numpy()
-    return out
+    return predict_maps(method, images_u8, device, batch_size, desc)[1]
 
 
 def summarise(per_image: pd.DataFrame) -> dict[str, Any]:
-    """Means in % per test set: over images per seed, then mean and std (ddof 1) over seeds."""
+    """Means in % per test set: over images per seed, then mean and std (ddof 1) over seeds, every metric."""
     summary: dict[str, Any] = {}
-    per_seed = per_image.groupby(["dataset", "seed"], sort=False)[["dice", "smeasure"]].mean() * 100
+    per_seed = per_image.groupby(["dataset", "seed"], sort=False)[list(METRICS)].mean() * 100
     for dataset, frame in per_image.groupby("dataset", sort=False):
         seeds = per_seed.loc[dataset]
         first_seed = frame[frame["seed"] == frame["seed"].iloc[0]]
         summary[dataset] = {
-            "dice": round(float(seeds["dice"].mean()), 3),
-            "smeasure": round(float(seeds["smeasure"].mean()), 3),
-            "dice_std": round(float(seeds["dice"].std(ddof=1)) if len(seeds) > 1 else 0.0, 3),
-            "smeasure_std": round(float(seeds["smeasure"].std(ddof=1)) if len(seeds) > 1 else 0.0, 3),
+            **{metric: round(float(seeds[metric].mean()), 3) for metric in METRICS},
+            **{f"{metric}_std": round(float(seeds[metric].std(ddof=1)) if len(seeds) > 1 else 0.0, 3)
+               for metric in METRICS},
             "n_images": int(len(first_seed)),
             "n_empty_truth": int((first_seed["mask_area"] == 0).sum()),
             "n_seeds": int(len(seeds)),
         }
     summary["per_seed"] = {
-        str(seed): {dataset: {"dice": round(float(per_seed.loc[(dataset, seed), "dice"]), 3),
-                              "smeasure": round(float(per_seed.loc[(dataset, seed), "smeasure"]), 3)}
+        str(seed): {dataset: {metric: round(float(per_seed.loc[(dataset, seed), metric]), 3) for metric in METRICS}
                     for dataset in per_image["dataset"].unique()}
         for seed in per_image["seed"].unique()}
     return summary
@@ -133,14 +146,16 @@ def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs
             test_rows = data.rows(domain, "test")
             index = test_rows["index"].to_numpy()
             arrays = data.arrays[domain]
-            probabilities = predict_probabilities(method, arrays["images"][index], device, batch_size,
-                                                  f"{run_name}/seed {seed}/{domain}")
-            for row, probability, truth, boxes in zip(test_rows.itertuples(), probabilities, arrays["masks"][index],
-                                                     arrays["boxes"][index]):
+            logits, probabilities = predict_maps(method, arrays["images"][index], device, batch_size,
+                                                 f"{run_name}/seed {seed}/{domain}")
+            for row, logit, probability, truth, boxes in zip(test_rows.itertuples(), logits, probabilities,
+                                                            arrays["masks"][index], arrays["boxes"][index]):
                 prediction = probability > threshold
+                authors_mdice, authors_smeasure = authors_scores(authors_prediction_map(logit, truth.shape), truth)
                 rows.append({
                     "seed": seed, "image_id": row.image_id, "dataset": domain, "dice": dice(prediction, truth),
-                    "smeasure": smeasure(probability, truth), "mask_area": int(truth.sum()),
+                    "smeasure": smeasure(probability, truth), "authors_mdice": authors_mdice,
+                    "authors_smeasure": authors_smeasure, "mask_area": int(truth.sum()),
                     "box_area": int(boxes.sum()), "pred_area": int(prediction.sum()),
                 })
                 if seed == spec.seeds[0] and (domain, row.image_id) in examples:
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs")
     args = parser.parse_args(argv)
     metrics = evaluate_run(args.run, load_params(args.params), Path(args.prepared), Path(args.runs))
-    print(f"{args.run}: " + ", ".join(f"{d} Dice {m['dice']:.2f} S_m {m['smeasure']:.2f}"
+    print(f"{args.run}: " + ", ".join(f"{d} Dice@{metrics['threshold']:g} {m['dice']:.2f} S_m {m['smeasure']:.2f} "
+                                      f"mDice (authors) {m['authors_mdice']:.2f}"
                                       for d, m in metrics.items() if d in TEST_SETS) + f" (seeds: {len(metrics['per_seed'])})")
 
 

@@ -219,8 +219,8 @@ def predictions_figure(data: PreparedData, examples: Sequence[tuple[str, dict[st
 
 
 def label_efficiency_figure(points: pd.DataFrame, references: pd.DataFrame, path: str | Path,
-                            row_name: str) -> None:
-    """Dice against the strong-label percentage of one row's runs, intra- and cross-domain panels.
+                            row_name: str, metric_label: str = "Dice") -> None:
+    """Dice (`metric_label`) against the strong-label percentage of one row's runs, intra- and cross-domain panels.
 
     `points`: columns S, dataset, mean, std, n (one per run of `row_name`); `references`: columns
     label, dataset, mean, std, n (horizontal lines with a ±std band, e.g. Strong-Only at 100% and 10%).
@@ -246,8 +246,8 @@ def label_efficiency_figure(points: pd.DataFrame, references: pd.DataFrame, path
         ax.set_xticklabels([f"{s:g}%" for s in strong])
         ax.minorticks_off()
         ax.set_xlabel("strong-label fraction S (the rest weak)")
-        ax.set_ylabel("Dice (%)")
-        ax.set_title(f"{DOMAIN_TITLES[dataset]} Dice", fontsize=9)
+        ax.set_ylabel(f"{metric_label} (%)")
+        ax.set_title(f"{DOMAIN_TITLES[dataset]} {metric_label}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Label efficiency: mean ± std over seeds", fontsize=9)
@@ -256,10 +256,11 @@ def label_efficiency_figure(points: pd.DataFrame, references: pd.DataFrame, path
 
 
 def dice_distributions_figure(per_image: pd.DataFrame, order: Sequence[str], path: str | Path,
-                              seed: int = 0) -> None:
+                              seed: int = 0, metric_label: str = "Dice") -> None:
     """Per-image Dice of every run (box plot + jittered points, mean as a diamond), one panel per test set.
 
-    `per_image`: columns label, dataset, dice (%, seeds averaged per image); `order`: labels top to bottom.
+    `per_image`: columns label, dataset, dice (%, seeds averaged per image, the metric named `metric_label`);
+    `order`: labels top to bottom.
     """
     if per_image.empty:
         raise FigureSkipped("no per-image results")
@@ -281,11 +282,11 @@ def dice_distributions_figure(per_image: pd.DataFrame, order: Sequence[str], pat
             ax.scatter([values.mean()], [position], marker="D", s=22, color=PREDICTION_COLOUR, zorder=4)
         images = frame.groupby("label")["dice"].size().max() if len(frame) else 0
         ax.set_title(f"{DOMAIN_TITLES[dataset]}: {images} images", fontsize=9)
-        ax.set_xlabel("per-image Dice (%), seeds averaged per image")
+        ax.set_xlabel(f"per-image {metric_label} (%), seeds averaged per image")
         ax.set_ylabel("")
         ax.set_xlim(-2, 102)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Per-image Dice distributions (red diamond: mean, the tables' number)", fontsize=9)
+    fig.suptitle(f"Per-image {metric_label} distributions (red diamond: mean, the tables' number)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 

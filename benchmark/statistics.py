@@ -5,18 +5,30 @@
   1.0 when every difference is zero (no evidence of a difference).
 - `bootstrap_ci`: percentile bootstrap confidence interval of the mean difference, images
   resampled with replacement, seeded so the report is deterministic.
+- `two_stage_bootstrap`: the paired comparison of two runs with both sources of variation: each
+  resample draws every run's training seeds with replacement (the runs' seeds are independent
+  trainings), then test images with replacement (the same images for both runs: paired), and takes
+  the mean over the drawn seeds and images of one run minus the other's. Seeds and images are
+  crossed (every seed is scored on every image), so both are resampled independently (Owen's
+  pigeonhole bootstrap for crossed designs). Returns the percentile CI and the two-sided bootstrap
+  p-value of "no difference". With every seed identical it is exactly `bootstrap_ci` of the
+  seed-averaged per-image differences (the same image draws); with one seed per run it reflects test
+  images only.
+- `holm`: Holm's step-down adjustment of p-values for a family of tests (family-wise error rate).
 - `claim_verdict`: whether a paired confidence interval agrees with the sign of a difference the
   paper reports (entirely on the paper's side of 0), disagrees (entirely on the other side), or
   neither.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from scipy import stats
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
+NOT_JUDGED = "not judged (one seed)"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -48,6 +60,60 @@ def bootstrap_ci(difference: np.ndarray, n_resamples: int = 10000, confidence: f
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    low: float
+    high: float
+    p_value: float  # two-sided: 2 x the smaller tail share of resampled means on either side of 0
+
+
+def _seed_weights(rng: np.random.Generator, n_seeds: int, n_resamples: int) -> np.ndarray:
+    """(resamples, seeds): how often each seed is drawn in each resample, divided by the number of seeds."""
+    picks = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    return (picks[:, :, None] == np.arange(n_seeds)).sum(axis=1) / n_seeds
+
+
+def two_stage_bootstrap(reference: np.ndarray, other: np.ndarray, n_resamples: int = 10000,
+                        confidence: float = 0.95, seed: int = 0) -> PairedBootstrap:
+    """CI and p-value of mean(reference) - mean(other), resampling each run's seeds, then the shared images.
+
+    reference: (seeds of the reference run, images), other: (seeds of the other run, images), per-image
+    values with the same images in the same column order."""
+    reference, other = np.atleast_2d(np.asarray(reference, float)), np.atleast_2d(np.asarray(other, float))
+    if reference.shape[1] != other.shape[1]:
+        raise ValueError(f"the runs are scored on different numbers of images: {reference.shape[1]} and "
+                         f"{other.shape[1]}")
+    n_images = reference.shape[1]
+    if n_images == 0 or 0 in (len(reference), len(other)):
+        raise ValueError("no paired images (or no seeds) to resample")
+    # the image draws are bootstrap_ci's exactly (same generator, same calls); seeds from a second stream
+    image_picks = np.random.default_rng(seed).integers(0, n_images, size=(n_resamples, n_images))
+    seed_rng = np.random.default_rng([seed, 1])
+    weights = [_seed_weights(seed_rng, len(values), n_resamples) for values in (reference, other)]
+    # how often each image is drawn in each resample: (resamples, images), so a run's resampled per-seed
+    # means are one matrix product
+    rows = np.repeat(np.arange(n_resamples), n_images)
+    image_counts = np.bincount(rows * n_images + image_picks.ravel(), minlength=n_resamples * n_images)
+    image_counts = image_counts.reshape(n_resamples, n_images) / n_images
+    run_means = [(weight * (image_counts @ values.T)).sum(axis=1) for weight, values in zip(weights, (reference, other))]
+    means = run_means[0] - run_means[1]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    below, above = (np.count_nonzero(means <= 0) + 1) / (n_resamples + 1), \
+        (np.count_nonzero(means >= 0) + 1) / (n_resamples + 1)
+    return PairedBootstrap(float(low), float(high), float(min(1.0, 2 * min(below, above))))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (same order): the k-th smallest is max over j <= k of (m - j + 1) p_(j), capped at 1."""
+    p = np.asarray(p_values, float)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
 
 
 def claim_verdict(paper_difference: float, low: float, high: float) -> str | None:

@@ -18,6 +18,13 @@ Divergence: a run stops, naming run, seed, epoch and loss term, when a loss term
 infinite, or when an epoch's mean total loss exceeds `train.divergence_factor` times the total loss
 of the run's first step (the untrained network's); checked once per epoch.
 
+Seeds side by side: `train.seed_workers` (`auto` or a number) trains a run's seeds in that many
+worker processes at once (spawned, one fresh process per seed), the CPU threads (`train.num_threads`,
+0 = every core) split evenly between them; `auto` is one worker per seed on a CPU with at least two
+cores (on a GPU, one). A seed's result does not depend on the workers: each is bit-identical on CPU
+to a serial run (`seed_workers: 1`) at the same threads per seed. The thread count itself is part of
+the numerics (oneDNN splits its reductions by thread), so train_info.json records it.
+
 Interruptions: every epoch ends with a checkpoint (weights, optimizer, RNG and sampler
 states, the method's own training state, the log so far, and a sha256 of all of it) in
 `train.checkpoint_dir`, which DVC neither tracks nor deletes. Re-running the stage resumes each
@@ -38,6 +45,8 @@ import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -360,18 +369,18 @@ class SeedResult:
 
 
 def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
-               show_progress: bool = True) -> SeedResult:
+               show_progress: bool = True, progress_position: int | None = None) -> SeedResult:
     """One seed of a run, under the protocol's structure-loss window (`train.structure_window`, every method alike)."""
     try:
         window = structure_window(params["train"].get("structure_window", "scaled"))
     except ValueError as error:
         raise ConfigError(f"params.yaml: {error}") from error
     with window:
-        return _train_seed(spec, seed, params, data, fingerprint, show_progress)
+        return _train_seed(spec, seed, params, data, fingerprint, show_progress, progress_position)
 
 
 def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
-                show_progress: bool) -> SeedResult:
+                show_progress: bool, progress_position: int | None) -> SeedResult:
     train_params, model_params = params["train"], params["model"]
     started_at, started = now_iso(), time.perf_counter()
     device = pick_device(train_params["device"])
@@ -401,7 +410,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
     first_epoch, log_rows, seconds_before, first_loss = 0, [], 0.0, None
     progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
-                    disable=not show_progress)
+                    disable=not show_progress, position=progress_position)
     try:  # closed on any exit, so an error message starts on a line of its own
         checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
         if checkpoint is not None:
@@ -466,6 +475,36 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
 
 
 # -- one run (all seeds) ----------------------------------------------------------------------------------------
+def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.device) -> tuple[int, int]:
+    """(worker processes, torch threads per seed) of a run with `n_seeds` seeds; threads 0 = torch's default
+    (every core) for a serial run, as before `train.seed_workers` existed."""
+    requested = train_params.get("seed_workers", 1)
+    num_threads = int(train_params.get("num_threads", 0))
+    cores = num_threads or len(os.sched_getaffinity(0))
+    if requested == "auto":
+        workers = n_seeds if device.type == "cpu" and cores >= 2 else 1
+    elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:
+        workers = requested
+    else:
+        raise ConfigError(f"params.yaml: train.seed_workers must be 'auto' or a positive integer, got {requested!r}.")
+    workers = min(workers, n_seeds)
+    if workers == 1:
+        return 1, num_threads
+    if device.type != "cpu":
+        raise ConfigError("params.yaml: train.seed_workers > 1 trains seeds in parallel processes on the CPU only; "
+                          f"the device here is {device}. Use 1 (or 'auto'), or benchmark.launch for several runs "
+                          "per GPU.")
+    return workers, max(1, cores // workers)
+
+
+def _seed_worker(job: tuple) -> SeedResult:
+    """One seed in a spawned worker process: its own threads, data and RNG state, nothing shared; the parent writes
+    the model once every seed has trained."""
+    spec, seed, params, prepared_dir, fingerprint, show_progress, threads, position = job
+    configure_threads(threads)
+    return train_seed(spec, seed, params, load_prepared(prepared_dir), fingerprint, show_progress, position)
+
+
 def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
               show_progress: bool = True) -> dict[str, Any]:
     """Train every seed of `spec`: check everything first, then remove the run's old outputs, write new ones last."""
@@ -478,15 +517,26 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
         data = load_prepared(prepared_dir)
         method_cls = type(build_method(spec, model_params))  # options, encoder and its weights
         check_label_budget(spec, method_cls, data)
-        threads = configure_threads(int(train_params["num_threads"]))
+        workers, threads = seed_schedule(train_params, len(spec.seeds), device)
         fingerprint = run_fingerprint(spec, params, prepared_dir)
         run_dir = out_dir / spec.name
         # from here on nothing of an earlier training or evaluation of this run is left to look current
         remove_outputs(run_dir, EVALUATION_OUTPUTS + TRAIN_OUTPUTS)
 
-        results = {seed: train_seed(spec, seed, params, data, fingerprint, show_progress) for seed in spec.seeds}
+        started = time.perf_counter()
+        if workers == 1:
+            threads = configure_threads(threads)
+            results = [train_seed(spec, seed, params, data, fingerprint, show_progress) for seed in spec.seeds]
+        else:
+            jobs = [(spec, seed, params, prepared_dir, fingerprint, show_progress, threads, k % workers)
+                    for k, seed in enumerate(spec.seeds)]
+            # spawn, not fork: a forked child would inherit this process's OpenMP pool; one fresh process per
+            # seed. Leaving the block terminates the pool, so a failing seed stops the others too.
+            with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+                results = list(pool.imap(_seed_worker, jobs, chunksize=1))
+
         log_rows, seeds_info, counts = [], {}, {}
-        for seed, result in results.items():  # written once every seed has trained: a diverged seed leaves none
+        for seed, result in zip(spec.seeds, results):  # written once every seed has trained: a diverged seed leaves none
             model_path = run_dir / "models" / f"seed_{seed}.pt"
             atomic_torch_save(model_path, result.state_dict)
             log_rows += result.log_rows
@@ -498,8 +548,9 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
             **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
             "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
-            "threads": threads, "torch": str(torch.__version__),
-            "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),
+            "threads": threads, "seed_workers": workers, "torch": str(torch.__version__),
+            "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),  # summed over seeds
+            "train_wall_seconds": round(time.perf_counter() - started, 2),  # the stage's own time, seeds side by side
             "configured": spec.configured(), "model": model_params,
             "seeds": seeds_info,
         }

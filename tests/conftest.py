@@ -14,13 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> dict:
-    """params.yaml with a tiny dataset and a one-epoch schedule (the real defaults otherwise)."""
+    """params.yaml with a tiny dataset, a one-epoch schedule and one seed (the real defaults otherwise)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = copy.deepcopy(params)
     params["data"]["image_size"] = image_size
     params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast)
     params["model"]["decoder_channels"] = [16, 16, 8, 8, 8]
     params["train"].update(epochs=1, batch_size=4)
+    params["seeds"] = [0]  # one seed keeps the end-to-end tests short; tests of several seeds set their own
     # the two Strong-Only rows are enough to exercise the pipeline; every method has its own tests
     params["runs"] = {name: run for name, run in params["runs"].items() if name in ("strong_only_100", "strong_only_10")}
     return params

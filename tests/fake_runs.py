@@ -4,7 +4,9 @@
 examples.npz} from chosen per-image Dice values (with the configuration record and output hashes the
 report checks), so a test knows every table cell, paired
 difference and claim verdict by hand. Metrics are derived from the per-image values exactly as
-the evaluator does (mean over images per seed, then mean and std over seeds).
+the evaluator does (mean over images per seed, then mean and std over seeds). The other per-image
+metrics follow from the Dice by fixed rules: S-measure 0.4 + 0.5 Dice, the authors' protocol's
+mDice 0.9 Dice + 0.05 (at most 0.95) and its S-measure 0.45 + 0.5 Dice.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ from benchmark.artifacts import file_sha256
 from benchmark.data import PreparedData
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")
+
+
+def authors_mdice_of(dice: float) -> float:
+    return 0.9 * dice + 0.05
 
 
 def held_out_rows(data: PreparedData) -> dict[str, pd.DataFrame]:
@@ -42,22 +49,23 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
             assert len(values) == len(frame), f"{dataset}: {len(frame)} test images, {len(values)} Dice values"
             for image, value in zip(frame.itertuples(), values):
                 rows.append({"seed": seed, "image_id": image.image_id, "dataset": dataset, "dice": value,
-                             "smeasure": 0.4 + 0.5 * value, "mask_area": image.mask_area, "box_area": image.box_area,
-                             "pred_area": int(round(value * image.mask_area))})
+                             "smeasure": 0.4 + 0.5 * value, "authors_mdice": authors_mdice_of(value),
+                             "authors_smeasure": 0.45 + 0.5 * value, "mask_area": image.mask_area,
+                             "box_area": image.box_area, "pred_area": int(round(value * image.mask_area))})
     per_image = pd.DataFrame(rows)
     per_image.to_csv(folder / "per_image.csv", index=False)
 
-    per_seed_means = per_image.groupby(["dataset", "seed"])[["dice", "smeasure"]].mean() * 100
+    per_seed_means = per_image.groupby(["dataset", "seed"])[list(METRICS)].mean() * 100
     metrics: dict = {}
     for dataset in tests:
         means = per_seed_means.loc[dataset]
         metrics[dataset] = {
-            "dice": round(float(means["dice"].mean()), 3), "smeasure": round(float(means["smeasure"].mean()), 3),
-            "dice_std": round(float(means["dice"].std(ddof=1)), 3) if len(seeds) > 1 else 0.0,
-            "smeasure_std": round(float(means["smeasure"].std(ddof=1)), 3) if len(seeds) > 1 else 0.0,
+            **{metric: round(float(means[metric].mean()), 3) for metric in METRICS},
+            **{f"{metric}_std": round(float(means[metric].std(ddof=1)), 3) if len(seeds) > 1 else 0.0
+               for metric in METRICS},
             "n_images": len(tests[dataset]), "n_empty_truth": 0, "n_seeds": len(seeds)}
     metrics["per_seed"] = {str(seed): {dataset: {metric: round(float(per_seed_means.loc[(dataset, seed), metric]), 3)
-                                                 for metric in ("dice", "smeasure")} for dataset in tests}
+                                                 for metric in METRICS} for dataset in tests}
                            for seed in seeds}
     metrics.update({"resolution": "prepared (32 px)", "eval_seconds": eval_seconds,
                     "evaluated_models": {str(seed): f"sha-{name}-{seed}" for seed in seeds}})

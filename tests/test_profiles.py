@@ -15,6 +15,7 @@ from benchmark.train import Numerics, make_optimizer, poly_lr
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "profiles" / "paper.yaml"
+QUICK = REPO / "profiles" / "quick.yaml"
 
 
 def keys(tree: dict, prefix: str = "") -> set[str]:
@@ -53,6 +54,14 @@ def test_paper_profile_differs_from_the_default_only_in_protocol_values():
     assert keys(default) == keys(paper), "both profiles have the same keys"
     assert default["runs"] == paper["runs"], "the same 15 runs of Tables 1-2"
     assert default["report"] == paper["report"] and default["evaluate"] == paper["evaluate"]
+
+
+def test_quick_profile_is_the_default_with_one_seed():
+    default, quick = load_params(REPO / "params.yaml"), load_params(QUICK)
+    assert default["seeds"] == [0, 1, 2] and quick["seeds"] == [0]
+    assert {**quick, "seeds": default["seeds"]} == default, "nothing else differs"
+    assert "cp profiles/quick.yaml params.yaml && dvc repro" in QUICK.read_text()
+    assert "profiles/quick.yaml" in (REPO / "README.md").read_text(), "documented"
 
 
 def test_missing_imagenet_weights_give_the_documented_error(monkeypatch):

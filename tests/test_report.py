@@ -2,7 +2,8 @@
 
 Four runs x two seeds with chosen per-image Dice (tests/fake_runs.py), so every number below is
 computed by hand: seed 0 is the base + 0.02 (CBIS) / + 0.01 (INbreast) per image, seed 1 the base
-minus the same, and the other runs differ from Ours 10% by known per-image offsets.
+minus the same, and the other runs differ from Ours 10% by known per-image offsets. The authors'
+protocol's mDice is 0.9 Dice + 0.05 per image (fake_runs.py), so its differences are 0.9 x Dice's.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from scipy import stats
 
 from benchmark import report
 from benchmark.data import load_prepared
+from benchmark.statistics import two_stage_bootstrap
 from tests.conftest import tiny_params
-from tests.fake_runs import COMMIT, fabricate_run
+from tests.fake_runs import COMMIT, authors_mdice_of, fabricate_run
 
 CBIS_BASE = np.array([0.30, 0.40, 0.50, 0.60])  # the tiny dataset's 4 CBIS test images
 INBREAST_BASE = np.array([0.30, 0.40, 0.50, 0.60, 0.70, 0.80])  # its 6 INbreast test images
@@ -35,8 +37,10 @@ def seeds_of(base: np.ndarray, jitter: float) -> dict[int, np.ndarray]:
     return {0: base + jitter, 1: base - jitter}
 
 
-def write_inputs(tmp_path: Path, prepared: Path, runs: dict = RUNS, two_seeds: bool = True) -> tuple[Path, Path]:
+def write_inputs(tmp_path: Path, prepared: Path, runs: dict = RUNS, two_seeds: bool = True,
+                 protocol: str = "threshold") -> tuple[Path, Path]:
     params = tiny_params()
+    params["evaluate"]["protocol"] = protocol
     params["runs"] = {name: {"method": method, "row": row, "strong_fraction": fraction}
                       for name, (method, row, fraction, *_rest) in runs.items()}
     params["seeds"] = [0, 1] if two_seeds else [0]
@@ -75,17 +79,27 @@ def line_starting(text: str, prefix: str) -> str:
     return matches.pop()
 
 
-def test_table_cells_are_mean_and_std_over_seeds(rendered):
+# Ours 10%, per test set and metric: (authors' protocol, threshold protocol, paper). CBIS Dice: seed means 47 and 43
+# -> 45.00 ± 2.83, mDice 0.9 x + 5: 47.3 and 43.7 -> 45.50 ± 2.55; S_m = 40 + 0.5 Dice: 63.5, 61.5 -> 62.50 ± 1.41,
+# authors' S_m = 45 + 0.5 Dice: 68.5, 66.5 -> 67.50 ± 1.41. INbreast Dice 56, 54 -> 55.00 ± 1.41, mDice 55.4, 53.6
+# -> 54.50 ± 1.27; S_m 68, 67 -> 67.50 ± 0.71, authors' 73, 72 -> 72.50 ± 0.71. Paper: 72.26, 83.18, 60.11, 76.02.
+OURS_CELLS = {"cbis_dice": ("45.50 ± 2.55 (n=2)", "45.00 ± 2.83 (n=2)", "72.26"),
+              "cbis_sm": ("67.50 ± 1.41 (n=2)", "62.50 ± 1.41 (n=2)", "83.18"),
+              "inbreast_dice": ("54.50 ± 1.27 (n=2)", "55.00 ± 1.41 (n=2)", "60.11"),
+              "inbreast_sm": ("72.50 ± 0.71 (n=2)", "67.50 ± 0.71 (n=2)", "76.02")}
+
+
+def test_table_cells_are_mean_and_std_over_seeds_under_both_protocols(rendered):
     text, _, _ = rendered
-    # Ours CBIS Dice: seed means 47 and 43 -> 45.00 ± 2.83; S_m = 40 + 0.5 Dice: 63.5 and 61.5 -> 62.50 ± 1.41;
-    # INbreast Dice: 56 and 54 -> 55.00 ± 1.41; S_m 68 and 67 -> 67.50 ± 0.71; paper: 72.26, 83.18, 60.11, 76.02.
-    assert line_starting(text, "| Ours | 10% | 90% |") == (
-        "| Ours | 10% | 90% | 45.00 ± 2.83 (n=2) | 72.26 | 62.50 ± 1.41 (n=2) | 83.18 | 55.00 ± 1.41 (n=2) | 60.11 | "
-        "67.50 ± 0.71 (n=2) | 76.02 | 2 | 2.1 min |")
+    cells = [cell for column in OURS_CELLS.values() for cell in column]  # threshold selected: authors' first
+    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + " | 2 | 2.1 min |"
+    header = line_starting(text, "| Methods | S | W | CBIS mDice (authors' eval) | CBIS Dice@0.5 | paper")
+    assert header.startswith("| Methods | S | W | CBIS mDice (authors' eval) | CBIS Dice@0.5 | paper | "
+                             "CBIS S_m (authors' eval) | CBIS S_m | paper | INbreast mDice (authors' eval) |")
     # Strong-Only 10%: CBIS 10 points lower (35.00), INbreast 5 points higher (60.00); no weak labels, W = 0%
     assert line_starting(text, "| Strong-Only | 10% | 0% |").startswith(
-        "| Strong-Only | 10% | 0% | 35.00 ± 2.83 (n=2) | 65.66 | 57.50 ± 1.41 (n=2) | 80.05 | 60.00 ± 1.41 (n=2) | "
-        "47.64 |")
+        "| Strong-Only | 10% | 0% | 36.50 ± 2.55 (n=2) | 35.00 ± 2.83 (n=2) | 65.66 | 62.50 ± 1.41 (n=2) | "
+        "57.50 ± 1.41 (n=2) | 80.05 | 59.00 ± 1.27 (n=2) | 60.00 ± 1.41 (n=2) | 47.64 |")
     assert "Cells: mean ± std over seeds (n = number of seeds)." in text
     assert "Paper rows not configured in params.yaml: Strong-Only (100%)" in text
 
@@ -93,38 +107,54 @@ def test_table_cells_are_mean_and_std_over_seeds(rendered):
 def test_other_runs_and_runs_tables(rendered):
     text, _, _ = rendered
     other = text.split("## Other runs", 1)[1].split("##", 1)[0]
-    assert "| Box-Only | 0% | 100% | 30.00 ± 2.83 (n=2) | 55.00 ± 1.41 (n=2) | 30.00 ± 1.41 (n=2) |" in other
+    assert ("| Box-Only | 0% | 100% | 32.00 ± 2.55 (n=2) | 30.00 ± 2.83 (n=2) | 60.00 ± 1.41 (n=2) | "
+            "55.00 ± 1.41 (n=2) | 32.00 ± 1.27 (n=2) | 30.00 ± 1.41 (n=2) |") in other
     assert "Box-Only" not in text.split("## Other runs", 1)[0].split("## Table 1", 1)[1], "not in the paper tables"
     commits = f"`{COMMIT[:10]}`, `{COMMIT[:10]}` (dirty)"  # seed 0 clean, seed 1 dirty
     assert f"| box_only_0 | weak_only | 0% | 0, 1 | 120 s | 5 s | {commits} |  |" in text
     assert "[performance.md](performance.md)" in text
 
 
+def seed_matrix(run: str, dataset: str) -> np.ndarray:
+    """(seeds x images) Dice of a fabricated run, as write_inputs fabricates it."""
+    _, _, _, _, cbis_offset, inbreast_offset = RUNS[run]
+    base, offset, jitter = ((CBIS_BASE, cbis_offset, 0.02) if dataset == "CBIS" else
+                            (INBREAST_BASE, inbreast_offset, 0.01))
+    return np.stack(list(seeds_of(base + offset, jitter).values()))
+
+
+def comparison_cells(section: str, row: str, dataset: str) -> list[str]:
+    line = next(line for line in section.splitlines() if line.startswith(f"| {row} |") and f"| {dataset} |" in line)
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
 def test_paired_comparisons_match_scipy_and_the_known_differences(rendered):
     text, _, _ = rendered
     section = text.split("## Paired comparisons: Ours 10% against every other run", 1)[1].split("## Figures", 1)[0]
-    ours_cbis, ours_inbreast = CBIS_BASE, INBREAST_BASE  # seeds averaged per image: the jitter cancels
-    expected = {  # (other run row, test set): (Ours - other per image, paper difference, verdict)
-        ("Strong-Only", "CBIS"): (ours_cbis - (ours_cbis - 0.10), "+6.60", "agrees"),
-        ("Strong-Only", "INbreast"): (ours_inbreast - (ours_inbreast + 0.05), "+12.47", "disagrees"),
-        ("Weak-Only", "CBIS"): (ours_cbis - (ours_cbis + ALTERNATING), "+7.39", "inconclusive"),
-        ("Weak-Only", "INbreast"): (ours_inbreast - (ours_inbreast - 0.20), "+6.99", "agrees"),
-        ("Box-Only", "CBIS"): (ours_cbis - (ours_cbis - 0.15), "–", "–"),
+    expected = {  # (other run, row, test set): (paper difference, verdict)
+        ("strong_only_10", "Strong-Only", "CBIS"): ("+6.60", "agrees"),
+        ("strong_only_10", "Strong-Only", "INbreast"): ("+12.47", "disagrees"),
+        ("weak_only_0", "Weak-Only", "CBIS"): ("+7.39", "inconclusive"),
+        ("weak_only_0", "Weak-Only", "INbreast"): ("+6.99", "agrees"),
+        ("box_only_0", "Box-Only", "CBIS"): ("–", "–"),
     }
-    for (row, dataset), (difference, paper, verdict) in expected.items():
-        line = next(line for line in section.splitlines() if line.startswith(f"| {row} |") and f"| {dataset} |" in line)
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+    for (run, row, dataset), (paper, verdict) in expected.items():
+        cells = comparison_cells(section, row, dataset)
+        ours, theirs = seed_matrix("ours_10", dataset), seed_matrix(run, dataset)
+        difference = ours.mean(0) - theirs.mean(0)  # seeds averaged per image: the jitter cancels
         n = len(difference)
-        assert cells[3] == str(n)
-        assert float(cells[4]) == pytest.approx(100 * difference.mean(), abs=0.006)
+        assert cells[3:5] == [str(n), "2/2"]
+        assert float(cells[5]) == pytest.approx(100 * difference.mean(), abs=0.006)
+        boot = two_stage_bootstrap(100 * ours, 100 * theirs, n_resamples=10000)
+        assert cells[6] == f"[{boot.low:+.2f}, {boot.high:+.2f}]" and cells[7] == f"{boot.p_value:.3g}"
         other = np.full(n, 0.5) - difference  # any pair with these differences gives the same signed-rank test
-        assert float(cells[6]) == pytest.approx(stats.wilcoxon(np.full(n, 0.5), other).pvalue, rel=1e-2)
-        assert cells[7:] == [paper, verdict]
-        if np.allclose(difference, difference[0]):  # a constant difference: the bootstrap CI is that constant
-            value = f"{100 * difference[0]:+.2f}"
-            assert cells[5] == f"[{value}, {value}]"
-    weak_cbis = next(line for line in section.splitlines() if line.startswith("| Weak-Only |") and "| CBIS |" in line)
-    assert "| -1.00 | [-10.00, +" in weak_cbis, "differences of -10 and +10: the CI spans both signs"
+        assert float(cells[9]) == pytest.approx(stats.wilcoxon(np.full(n, 0.5), other).pvalue, rel=1e-2)
+        assert cells[10:] == [paper, verdict]
+        assert (cells[8] == "–") == (verdict == "–"), "Holm p for the paper's claims only"
+    # a constant per-image difference of +10 with seed jitter ±2 per run: the images add nothing, the seeds draw
+    # 10 + {-4, -2, 0, 2, 4} with probabilities 1, 4, 6, 4, 1 (/16): each extreme > 2.5%, the CI is [6, 14]
+    assert comparison_cells(section, "Strong-Only", "CBIS")[6] == "[+6.00, +14.00]"
+    assert comparison_cells(section, "Strong-Only", "INbreast")[6] == "[-7.00, -3.00]"
 
 
 def test_summary_states_source_time_seeds_code_and_claims(rendered):
@@ -139,11 +169,17 @@ def test_summary_states_source_time_seeds_code_and_claims(rendered):
     assert f"commit `{COMMIT[:10]}`" in summary and "**dirty** in 1 of 8 trainings: box_only_0 (seed 1)" in summary
     assert "**Paper's claims** (4): 2 agrees, 1 disagrees, 1 inconclusive." in summary
     assert "lies entirely on the paper's side of 0" in summary, "the rule is stated"
+    # Holm across the 4 claims: the three with a constant difference have boot p = 2 / 10001, x4 < 0.05; the
+    # inconclusive one stays far above
+    assert ("*Holm correction* across the 4 judged claims (family-wise 5%, on the two-stage bootstrap p-values): "
+            "3 of 4 survive (2 of 2 agreements, 1 of 1 disagreements).") in summary
     assert ("*Agrees* (2): Ours 10% minus Strong-Only 10% (CBIS +10.0 vs paper +6.6); "
             "Weak-Only 0% (INbreast +20.0 vs paper +7.0).") in summary
     assert "*Disagrees* (1): Ours 10% minus Strong-Only 10% (INbreast -5.0 vs paper +12.5)." in summary
     assert "*Inconclusive* (1): Ours 10% minus Weak-Only 0% (CBIS -1.0 vs paper +7.4)." in summary
     assert "Box-Only" not in summary
+    assert "**Dice@0.5 is set beside the paper's numbers** (`evaluate.protocol: threshold`)" in summary
+    assert "per-image min-max normalisation" in summary and "nearly empty prediction" in summary
 
 
 def test_every_figure_is_written_and_linked(rendered):
@@ -172,7 +208,8 @@ def test_small_configuration_degrades_gracefully(tiny_prepared, tmp_path):
     params_path, runs_dir = write_inputs(tmp_path, prepared, runs, two_seeds=False)
     (runs_dir / "strong_only_10" / "examples.npz").unlink()
     text = render(params_path, runs_dir, prepared, tmp_path / "out")
-    assert "| Strong-Only | 100% | 0% | 57.00 | 75.48 |" in text, "one seed: the value, no spread"  # 0.45 + 0.1 + 0.02
+    # Dice 0.45 + 0.1 + 0.02, mDice 0.9 x that + 0.05
+    assert "| Strong-Only | 100% | 0% | 56.30 | 57.00 | 75.48 |" in text, "one seed: the value, no spread"
     assert "**Seeds:** one seed (0) per run" in text and "One seed per run" in text
     assert "Not computed: the reference run Ours 10%" in text
     assert "**Paper's claims:** not assessed" in text
@@ -201,6 +238,40 @@ def test_an_evaluation_of_other_weights_is_refused(tiny_prepared, tmp_path):
     with pytest.raises(SystemExit, match=r"ours_10/metrics.json evaluates other weights than .*train_info.json"):
         render(params_path, runs_dir, prepared, tmp_path / "out")
     assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def test_one_seed_per_run_gives_not_judged(tiny_prepared, tmp_path):
+    _, prepared = tiny_prepared
+    params_path, runs_dir = write_inputs(tmp_path, prepared, two_seeds=False)
+    text = render(params_path, runs_dir, prepared, tmp_path / "out")
+    summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
+    assert "**Paper's claims** (4): all not judged (one seed)" in summary
+    assert "*Agrees*" not in summary and "*Disagrees*" not in summary and "Holm correction" not in summary
+    section = text.split("## Paired comparisons", 1)[1].split("## Figures", 1)[0]
+    assert comparison_cells(section, "Strong-Only", "CBIS")[-1] == "not judged (one seed)"
+    assert comparison_cells(section, "Box-Only", "CBIS")[-1] == "–", "no paper number: no claim at all"
+
+
+def test_the_authors_protocol_beside_the_papers_numbers(tiny_prepared, tmp_path):
+    _, prepared = tiny_prepared
+    params_path, runs_dir = write_inputs(tmp_path, prepared, protocol="authors")
+    text = render(params_path, runs_dir, prepared, tmp_path / "out")
+    cells = [cell for authors, threshold, paper in OURS_CELLS.values() for cell in (threshold, authors, paper)]
+    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + " | 2 | 2.1 min |"
+    summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
+    assert "**mDice (authors' eval) is set beside the paper's numbers** (`evaluate.protocol: authors`)" in summary
+    assert "The paired comparisons and claims use mDice (authors' eval)." in summary
+    section = text.split("## Paired comparisons", 1)[1].split("## Figures", 1)[0]
+    assert "Per-image mDice (authors' eval)" in section
+    # mDice = 0.9 Dice + 0.05 per image: every difference is 0.9 x the Dice difference (Strong-Only CBIS: +9.00)
+    assert float(comparison_cells(section, "Strong-Only", "CBIS")[5]) == pytest.approx(
+        100 * (authors_mdice_of(0.5) - authors_mdice_of(0.4)), abs=0.006)
+    params = yaml.safe_load(params_path.read_text())
+    params["evaluate"]["protocol"] = "sam2"
+    params_path.write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"params.yaml: evaluate.protocol must be one of threshold, authors, "
+                                         r"got 'sam2'"):
+        render(params_path, runs_dir, prepared, tmp_path / "bad")
 
 
 def test_cell_formats_one_and_several_seeds():

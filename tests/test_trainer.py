@@ -1,11 +1,14 @@
-"""The trainer's pieces: batch composition, flips, schedule, one real training step."""
+"""The trainer's pieces: batch composition, flips, schedule, one real training step, seeds side by side."""
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import RunSpec
+from benchmark.config import ConfigError, RunSpec
 from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import NonFiniteLossError, poly_lr, steps_per_epoch, train_run
+from benchmark.train import NonFiniteLossError, poly_lr, seed_schedule, steps_per_epoch, train_run
 
 
 def make_set(n=10, n_strong=3, size=8):
@@ -87,3 +90,41 @@ def test_non_finite_loss_stops_the_run(tiny_prepared, tmp_path, monkeypatch):
                                                  r"step 3 of 4\. Training stopped; no weights or metrics"):
         train_run(spec, params, prepared, tmp_path, show_progress=False)
     assert not (tmp_path / "nan").exists() or not any((tmp_path / "nan").rglob("*.*")), "nothing was written"
+
+
+def test_seed_schedule_splits_the_threads_between_seed_workers():
+    cpu = torch.device("cpu")
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2}, 3, cpu) == (3, 1)
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2}, 1, cpu) == (1, 2), "one seed: every thread"
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 1}, 3, cpu) == (1, 1), "one core: serial"
+    assert seed_schedule({"seed_workers": 2, "num_threads": 8}, 3, cpu) == (2, 4)
+    assert seed_schedule({"seed_workers": 5, "num_threads": 8}, 3, cpu) == (3, 2), "never more workers than seeds"
+    assert seed_schedule({"seed_workers": 1, "num_threads": 0}, 3, cpu) == (1, 0), "serial keeps torch's default"
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 8}, 3, torch.device("cuda")) == (1, 8)
+    for bad in ("many", 0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="train.seed_workers must be 'auto' or a positive integer"):
+            seed_schedule({"seed_workers": bad}, 3, cpu)
+    with pytest.raises(ConfigError, match="on the CPU only"):
+        seed_schedule({"seed_workers": 2}, 3, torch.device("cuda"))
+
+
+def test_seeds_trained_side_by_side_are_bit_identical_to_serial_training(tiny_prepared, tmp_path):
+    """Two seeds in two worker processes (1 thread each) against the same seeds one after another at 1 thread."""
+    params, prepared = tiny_prepared
+    spec = RunSpec(name="s", method="vanilla_hybrid", strong_fraction=0.5, seeds=(0, 1), row="Vanilla-Hybrid")
+    infos = {}
+    for mode, threads, workers in (("serial", 1, 1), ("parallel", 2, 2)):
+        run_params = copy.deepcopy(params)
+        run_params["train"].update(num_threads=threads, seed_workers=workers, checkpoint_dir=str(tmp_path / f"ck_{mode}"))
+        infos[mode] = train_run(spec, run_params, prepared, tmp_path / mode, show_progress=False)
+    assert (infos["serial"]["seed_workers"], infos["serial"]["threads"]) == (1, 1)
+    assert (infos["parallel"]["seed_workers"], infos["parallel"]["threads"]) == (2, 1)
+    for seed in ("0", "1"):
+        assert infos["parallel"]["seeds"][seed]["model_sha256"] == infos["serial"]["seeds"][seed]["model_sha256"]
+        serial = torch.load(tmp_path / "serial" / "s" / "models" / f"seed_{seed}.pt", weights_only=True)
+        parallel = torch.load(tmp_path / "parallel" / "s" / "models" / f"seed_{seed}.pt", weights_only=True)
+        assert serial.keys() == parallel.keys() and all(torch.equal(serial[k], parallel[k]) for k in serial)
+    assert infos["serial"]["seeds"]["0"]["model_sha256"] != infos["serial"]["seeds"]["1"]["model_sha256"]
+    logs = {mode: pd.read_csv(tmp_path / mode / "s" / "train_log.csv").drop(columns="seconds") for mode in infos}
+    pd.testing.assert_frame_equal(logs["serial"], logs["parallel"], check_exact=True)
+    assert list(logs["parallel"]["seed"]) == [0, 1], "log rows in seed order"
