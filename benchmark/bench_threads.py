@@ -36,6 +36,7 @@ import torch
 
 from benchmark.artifacts import atomic_write_text
 from benchmark.config import load_params
+from benchmark.runtime import resolve_precision
 
 
 def _worker(conn: Connection, method: str, params: dict[str, Any], size: int, batch: int, threads: int,
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pool.close()
     load_after = os.getloadavg()
+    precision = resolve_precision(str(params["train"].get("precision", "auto")), torch.device("cpu"))
 
     step_all = [t / args.steps for t in times["alone, all threads"]]
     step_one = [t / args.steps for t in times["alone, 1 thread"]]
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Seeds side by side or one after another ({args.method}, {cores}-core CPU)", "",
         f"`python -m benchmark.bench_threads --method {args.method} --seeds {args.seeds} --steps {args.steps} "
-        f"--rounds {args.rounds}" + (f" --precision {args.precision}" if args.precision else "") + f"`: {batch} x 1 x {size} x {size} batches, {params['train'].get('precision')} "
-        f"numerics, torch {torch.__version__}; {args.rounds} interleaved rounds, median (min-max) over rounds. "
+        f"--rounds {args.rounds}" + (f" --precision {args.precision}" if args.precision else "")
+        + f"`: {batch} x 1 x {size} x {size} batches, {precision} numerics, torch {torch.__version__}; "
+        f"{args.rounds} interleaved rounds, median (min-max) over rounds. "
         f"Load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (a shared machine: other work "
         "was running). Serial = the all-threads step time x seeds (one seed after another).", "",
         f"- step time alone at {cores} threads: {spread([1000 * t for t in step_all], 0)} ms; at 1 thread: "

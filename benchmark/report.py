@@ -235,7 +235,7 @@ def table_markdown(entries: list[RunResult], paper: dict[tuple[str, float], Pape
         cells = [result.display_row + (f" {LOSS_MARK}" if result.loss_not_decreasing else ""), f"{result.strong:g}%",
                  f"{result.weak:g}%"]
         for dataset, metric in METRIC_COLUMNS:
-            cells += [cell(result.values(dataset, other.key(metric))), cell(result.values(dataset, selected.key(metric)))]
+            cells += [cell(result.values(dataset, protocol.key(metric))) for protocol in (other, selected)]
             if paper:
                 cells.append(f"{getattr(numbers, PAPER_FIELDS[(dataset, metric)]):.2f}")
         cells += [str(len(result.seeds)), _minutes(result.seconds)]
@@ -382,8 +382,8 @@ def claims_lines(reference: RunResult | None, comparisons: list[Comparison],
                 "tables. Rule: " + rule]
     verdicts = [v for v in (AGREES, DISAGREES, INCONCLUSIVE, NOT_JUDGED) if any(c.verdict == v for c in claims)]
     if verdicts == [NOT_JUDGED]:
-        return [f"- **Paper's claims** ({len(claims)}): all {NOT_JUDGED}: every run has a single training seed "
-                "(set `seeds` to two or more, e.g. the default [0, 1, 2]). Rule: " + rule]
+        return [f"- **Paper's claims** ({len(claims)}): all {NOT_JUDGED}: each involves a run with a single "
+                "training seed (set `seeds` to two or more, e.g. the default [0, 1, 2]). Rule: " + rule]
     lines = [f"- **Paper's claims** ({len(claims)}): " + ", ".join(
         f"{sum(c.verdict == v for c in claims)} {v}" for v in verdicts) + ". Rule: " + rule]
     family = [c for c in claims if c.judged]
@@ -499,8 +499,8 @@ def _protocol_lines(results: list[RunResult], frames: dict[str, pd.DataFrame], s
                      "`evaluate.protocol: authors` sets beside the paper's numbers instead.",
         "authors": f"**{selected.dice_label} is set beside the paper's numbers** (`evaluate.protocol: authors`): "
                    "the ISBI paper does not say which Dice it reports, and the evaluation code its authors' group "
-                   "publishes (SAM2-UNet test.py + eval.py) computes this mDice, so it is the most likely like-for-like "
-                   f"number; {other.dice_label} (the binarised mask) is the column before it.",
+                   "publishes (SAM2-UNet test.py + eval.py) computes this mDice, so it is the most likely "
+                   f"like-for-like number; {other.dice_label} (the binarised mask) is the column before it.",
     }[selected.name]
     lines = [
         f"- **Evaluation:** two protocols, both in every table, in % per image then averaged, at the "

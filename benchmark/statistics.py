@@ -97,7 +97,8 @@ def two_stage_bootstrap(reference: np.ndarray, other: np.ndarray, n_resamples: i
     rows = np.repeat(np.arange(n_resamples), n_images)
     image_counts = np.bincount(rows * n_images + image_picks.ravel(), minlength=n_resamples * n_images)
     image_counts = image_counts.reshape(n_resamples, n_images) / n_images
-    run_means = [(weight * (image_counts @ values.T)).sum(axis=1) for weight, values in zip(weights, (reference, other))]
+    run_means = [(weight * (image_counts @ values.T)).sum(axis=1)
+                 for weight, values in zip(weights, (reference, other))]
     means = run_means[0] - run_means[1]
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])

@@ -480,7 +480,8 @@ def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.devi
     (every core) for a serial run, as before `train.seed_workers` existed."""
     requested = train_params.get("seed_workers", 1)
     num_threads = int(train_params.get("num_threads", 0))
-    cores = num_threads or len(os.sched_getaffinity(0))
+    # the cores this process may use (a container's or taskset's share), not the machine's
+    cores = num_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if requested == "auto":
         workers = n_seeds if device.type == "cpu" and cores >= 2 else 1
     elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:

@@ -92,7 +92,8 @@ OURS_CELLS = {"cbis_dice": ("45.50 ± 2.55 (n=2)", "45.00 ± 2.83 (n=2)", "72.26
 def test_table_cells_are_mean_and_std_over_seeds_under_both_protocols(rendered):
     text, _, _ = rendered
     cells = [cell for column in OURS_CELLS.values() for cell in column]  # threshold selected: authors' first
-    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + " | 2 | 2.1 min |"
+    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + \
+        " | 2 | 2.1 min |"
     header = line_starting(text, "| Methods | S | W | CBIS mDice (authors' eval) | CBIS Dice@0.5 | paper")
     assert header.startswith("| Methods | S | W | CBIS mDice (authors' eval) | CBIS Dice@0.5 | paper | "
                              "CBIS S_m (authors' eval) | CBIS S_m | paper | INbreast mDice (authors' eval) |")
@@ -257,7 +258,8 @@ def test_the_authors_protocol_beside_the_papers_numbers(tiny_prepared, tmp_path)
     params_path, runs_dir = write_inputs(tmp_path, prepared, protocol="authors")
     text = render(params_path, runs_dir, prepared, tmp_path / "out")
     cells = [cell for authors, threshold, paper in OURS_CELLS.values() for cell in (threshold, authors, paper)]
-    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + " | 2 | 2.1 min |"
+    assert line_starting(text, "| Ours | 10% | 90% |") == "| Ours | 10% | 90% | " + " | ".join(cells) + \
+        " | 2 | 2.1 min |"
     summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
     assert "**mDice (authors' eval) is set beside the paper's numbers** (`evaluate.protocol: authors`)" in summary
     assert "The paired comparisons and claims use mDice (authors' eval)." in summary

@@ -115,7 +115,8 @@ def test_seeds_trained_side_by_side_are_bit_identical_to_serial_training(tiny_pr
     infos = {}
     for mode, threads, workers in (("serial", 1, 1), ("parallel", 2, 2)):
         run_params = copy.deepcopy(params)
-        run_params["train"].update(num_threads=threads, seed_workers=workers, checkpoint_dir=str(tmp_path / f"ck_{mode}"))
+        run_params["train"].update(num_threads=threads, seed_workers=workers,
+                                   checkpoint_dir=str(tmp_path / f"ck_{mode}"))
         infos[mode] = train_run(spec, run_params, prepared, tmp_path / mode, show_progress=False)
     assert (infos["serial"]["seed_workers"], infos["serial"]["threads"]) == (1, 1)
     assert (infos["parallel"]["seed_workers"], infos["parallel"]["threads"]) == (2, 1)
