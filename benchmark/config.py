@@ -113,6 +113,8 @@ PercentilePair = Annotated[list[Number(ge=0, le=100)], Field(min_length=2, max_l
 StructureWindow = Annotated[Any, PlainValidator(_structure_window), Field(description=(
     "scaled (F3Net's 31 px at 352 px, scaled to the image) or an odd integer >= 3"))]
 SeedWorkers = Annotated[Any, PlainValidator(_seed_workers), Field(description="auto or an integer >= 1")]
+SbatchOption = Annotated[str, Field(pattern=r"^\s*(#SBATCH\s+)?--[A-Za-z0-9][A-Za-z0-9_-]*(=.*)?$", description=(
+    "a long sbatch option, '--name=value' or '--flag'"))]
 Percentiles = Annotated[PercentilePair | None, Field(description="null or [low, high] with 0 <= low < high <= 100")]
 
 
@@ -263,6 +265,35 @@ class Report(Section):
     bootstrap_resamples: Integer(ge=100)
 
 
+class LaunchLocal(Section):
+    gpus: Annotated[list[Integer(ge=0)], Field(description="a list of distinct CUDA device ids (e.g. [0, 1]), or [] "
+                                                            "for CPU processes"), AfterValidator(_distinct)]
+    per_gpu: Integer(ge=1)
+    time_limit_min: Integer(ge=1)
+
+
+class LaunchSlurm(Section):
+    partition: Text | None
+    account: Text | None
+    gpus_per_job: Integer(ge=0)
+    cpus_per_job: Integer(ge=1)
+    mem_gb: Annotated[Number(gt=0) | None, Field(description="a number > 0, or null (the partition's default)")]
+    time_limit_min: Integer(ge=1)
+    max_parallel: Integer(ge=1)
+    extra_sbatch: Annotated[list[SbatchOption], Field(description=(
+        "a list of long sbatch options, '--name=value' or '--flag' (e.g. '--qos=normal', '--constraint=a100')"))]
+    setup: Annotated[list[Text], Field(description="a list of non-empty shell lines")]
+
+
+class Launch(Section):
+    executor: OneOf("local", "slurm")
+    logs: Text
+    max_requeues: Integer(ge=0)
+    poll_seconds: Number(gt=0)
+    local: LaunchLocal
+    slurm: LaunchSlurm
+
+
 class Params(Section):
     data: Data
     model: Model
@@ -272,6 +303,7 @@ class Params(Section):
     runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, "
                                                           "...)")]
     report: Report
+    launch: Launch | None = None  # read by benchmark.launch only; no DVC stage depends on it
 
 
 def _validate(model: type[BaseModel], payload: Any, source: str, prefix: tuple = ()) -> BaseModel:
@@ -372,3 +404,60 @@ def check_trained_as(spec: RunSpec, info: dict[str, Any], info_path: Path) -> No
     if differs:
         raise ConfigError(f"params.yaml: runs.{spec.name} differs from what {info_path} was trained with: "
                           f"{'; '.join(differs)}. Re-train it (dvc repro train@{spec.name}) or restore the entry.")
+
+
+# -- params.yaml `launch`: how `python -m benchmark.launch` hands the training runs to submitit ----------------
+@dataclass(frozen=True)
+class SlurmSettings:
+    """One SLURM job array: one array task per run, at most `max_parallel` running at once."""
+
+    partition: str | None
+    account: str | None
+    gpus_per_job: int
+    cpus_per_job: int
+    mem_gb: float | None
+    time_limit_min: int
+    max_parallel: int
+    extra_sbatch: dict[str, Any]  # sbatch long options, "--qos=high" -> {"qos": "high"}, "--exclusive" -> True
+    setup: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    executor: str
+    logs: Path
+    max_requeues: int
+    poll_seconds: float
+    gpus: tuple[int, ...]
+    per_gpu: int
+    local_time_limit_min: int
+    slurm: SlurmSettings
+
+
+def launch_settings(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> LaunchSettings:
+    """The `launch` section (with any command-line overrides already merged into `params`), checked against the
+    schema's Launch section."""
+    section = params.get("launch")
+    if section is None:
+        raise ConfigError(f"{path}: missing section 'launch' (copy it from the repository's params.yaml).")
+    launch = _validate(Launch, section, str(path), ("launch",))
+    local, slurm = launch.local, launch.slurm
+    return LaunchSettings(
+        executor=launch.executor, logs=Path(launch.logs).expanduser(), max_requeues=launch.max_requeues,
+        poll_seconds=float(launch.poll_seconds), gpus=tuple(local.gpus), per_gpu=local.per_gpu,
+        local_time_limit_min=local.time_limit_min,
+        slurm=SlurmSettings(
+            partition=slurm.partition, account=slurm.account, gpus_per_job=slurm.gpus_per_job,
+            cpus_per_job=slurm.cpus_per_job, mem_gb=slurm.mem_gb, time_limit_min=slurm.time_limit_min,
+            max_parallel=slurm.max_parallel, extra_sbatch=_sbatch_options(slurm.extra_sbatch),
+            setup=tuple(line.strip() for line in slurm.setup)),
+    )
+
+
+def _sbatch_options(lines: list[str]) -> dict[str, Any]:
+    """'--qos=high' -> {'qos': 'high'}, '--exclusive' -> {'exclusive': True}; a leading '#SBATCH' is allowed."""
+    options: dict[str, Any] = {}
+    for line in lines:
+        name, has_value, value = line.removeprefix("#SBATCH").strip().partition("=")
+        options[name[2:]] = value if has_value else True
+    return options

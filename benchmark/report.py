@@ -88,6 +88,7 @@ def selected_protocols(params: dict[str, Any], results: list["RunResult"]) -> tu
         raise SystemExit(f"params.yaml: evaluate.protocol must be one of {', '.join(available)}, got {name!r}.")
     other = next(protocol for key, protocol in available.items() if key != name)
     return available[name], other
+LOCK_FILE = Path("requirements.lock")  # the exact environment (README "Quickstart"); the summary compares with it
 
 
 @dataclass
@@ -458,7 +459,15 @@ def _code_line(results: list[RunResult]) -> str:
     return text + "."
 
 
-def _software_line(results: list[RunResult]) -> str | None:
+def locked_versions(lock: Path) -> dict[str, str]:
+    """`name==version` pins of a requirements lock (names normalised as in PEP 503), {} when there is none."""
+    if not lock.is_file():
+        return {}
+    pins = (re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)", line) for line in lock.read_text().splitlines())
+    return {re.sub(r"[-_.]+", "-", pin.group(1)).lower(): pin.group(2) for pin in pins if pin}
+
+
+def _software_line(results: list[RunResult], lock: Path = LOCK_FILE) -> str | None:
     versions: dict[str, set[str]] = {}
     for result in results:
         for provenance in result.provenance():
@@ -468,8 +477,18 @@ def _software_line(results: list[RunResult]) -> str | None:
         return None
     same = [f"{package} {next(iter(v))}" for package, v in sorted(versions.items()) if len(v) == 1]
     differ = [f"{package} ({', '.join(sorted(v))})" for package, v in sorted(versions.items()) if len(v) > 1]
-    return "- **Software:** " + ", ".join(same) + (f"; versions differ between trainings: {', '.join(differ)}"
-                                                   if differ else "") + "."
+    text = "- **Software:** " + ", ".join(same) + (f"; versions differ between trainings: {', '.join(differ)}"
+                                                   if differ else "")
+    pins = locked_versions(lock)
+    if not pins:
+        return text + f"; no `{lock.name}` to compare them with."
+    # the recorded versions are importlib.metadata's (torch 2.14.1 for the +cu130 build too)
+    recorded = {re.sub(r"[-_.]+", "-", package).lower(): v for package, v in versions.items() if package != "python"}
+    off = [f"{package} {', '.join(sorted(v))} (lock {pins.get(package, 'absent')})"
+           for package, v in sorted(recorded.items()) if v != {pins.get(package)}]
+    if off:
+        return text + f"; **not the locked environment**: {', '.join(off)} differ from `{lock.name}`."
+    return text + f"; every recorded package version matches `{lock.name}`."
 
 
 def _split_clause(split: dict[str, Any] | None) -> str:

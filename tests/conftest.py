@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,19 @@ def tiny_prepared(tmp_path_factory) -> tuple[dict, Path]:
 @pytest.fixture()
 def tiny_data(tiny_prepared):
     return load_prepared(tiny_prepared[1])
+
+
+def make_pipeline_copy(work: Path, params: dict | None = None) -> Path:
+    """The pipeline's code, dvc.yaml and a (tiny by default) params.yaml in `work`, committed to a new git repo."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("benchmark", "methods", "measurements"):
+        shutil.copytree(REPO / folder, work / folder, ignore=ignore)
+    for name in ("dvc.yaml", ".dvcignore", "requirements.lock"):
+        shutil.copy(REPO / name, work / name)
+    (work / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")
+    (work / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=work, check=True, capture_output=True)
+    return work

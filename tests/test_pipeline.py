@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_params
+from tests.conftest import REPO, make_pipeline_copy
 
 def readme_method_example() -> str:
     """The code block of README "Add a method", verbatim: the test follows the README literally."""
@@ -37,20 +37,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def pipeline_copy(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("repo")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("benchmark", "methods", "measurements"):
-        shutil.copytree(REPO / folder, work / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, work / name)
-    (work / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")
-    params = tiny_params()
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], work)
-    run(["git", "add", "-A"], work)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"], work)
-    return work
+    return make_pipeline_copy(tmp_path_factory.mktemp("repo"))
 
 
 def test_dvc_repro_end_to_end(pipeline_copy: Path):
