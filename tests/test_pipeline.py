@@ -115,19 +115,74 @@ def test_killed_stage_leaves_nothing_complete_and_resumes(pipeline_copy: Path):
     assert not (work / "checkpoints" / "strong_only_100").exists()
 
 
-def test_launcher_trains_stale_runs_side_by_side_and_dvc_records_them(pipeline_copy: Path):
+LAUNCHED = ("strong_only_100", "strong_only_10")
+
+
+def test_local_executor_gives_what_dvc_repro_gives_and_dvc_records_it(pipeline_copy: Path):
     work = pipeline_copy
     run(["dvc", "repro"], work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"]["lr"] = 0.5 * float(params["train"]["lr"])
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(["python", "-m", "benchmark.launch", "--per-gpu", "2", "--runs", "strong_only_100,strong_only_10"],
+    expected = {name: (work / "runs" / name / "per_image.csv").read_bytes() for name in LAUNCHED}
+    for name in LAUNCHED:  # the train stages are stale now: their outputs are gone
+        shutil.rmtree(work / "runs" / name)
+    out = run(["python", "-m", "benchmark.launch", "--executor", "local", "--per-gpu", "2", "--poll-seconds", "1"],
               work)
-    assert "training 2 run(s), 2 at a time" in out and "trained and committed 2 run(s)" in out
+    assert "training 2 run(s), 2 at a time on this machine" in out and "trained and committed 2 run(s)" in out
+    for name in LAUNCHED:
+        assert f"{name}: done on " in out and f"log logs/launch/{name}.log" in out
+        assert f"python -m benchmark.train {name} on " in (work / "logs" / "launch" / f"{name}.log").read_text()
     status = run(["dvc", "status"], work)
-    assert "train@strong_only_100:" not in status and "train@strong_only_10:" not in status, \
-        "dvc commit recorded the launched runs"
+    assert not any(f"train@{name}:" in status for name in LAUNCHED), "dvc commit recorded the launched runs"
     assert "evaluate@strong_only_100" in status
     repro = run(["dvc", "repro"], work)
-    assert "Running stage 'train@strong_only" not in repro and "Running stage 'evaluate@strong_only_10'" in repro
+    assert "Running stage 'train@" not in repro and "Running stage 'evaluate@strong_only_10'" in repro
+    for name in LAUNCHED:
+        assert (work / "runs" / name / "per_image.csv").read_bytes() == expected[name], \
+            f"{name}: the launcher's training gives dvc repro's per-image results"
+    assert "changed" not in run(["dvc", "status"], work)
     assert "nothing to launch" in run(["python", "-m", "benchmark.launch"], work)
+
+
+def test_a_killed_local_job_resumes_when_launched_again(pipeline_copy: Path):
+    work = pipeline_copy
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    run(["dvc", "repro", "prepare"], work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["epochs"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoint = work / "checkpoints" / "strong_only_10" / "seed_0" / "last.pt"
+    launcher = subprocess.Popen(["python", "-m", "benchmark.launch", "--runs", "strong_only_10", "--poll-seconds", "1"],
+                                cwd=work, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher, submitit's process and the training
+    launcher.wait()
+    assert checkpoint.exists(), "the job was killed after its first epoch"
+    assert "train@strong_only_10:" in run(["dvc", "status"], work), "a killed job is not committed"
+
+    out = run(["python", "-m", "benchmark.launch", "--runs", "strong_only_10", "--poll-seconds", "1"], work)
+    assert "trained and committed 1 run(s)" in out
+    assert "resumed after epoch" in (work / "logs" / "launch" / "strong_only_10.log").read_text()
+    info = json.loads((work / "runs" / "strong_only_10" / "train_info.json").read_text())
+    assert info["seeds"]["0"]["resumed_from_epoch"] >= 1 and info["epochs"] == 4
+    assert "train@strong_only_10:" not in run(["dvc", "status"], work)
+
+
+def test_a_failed_run_is_reported_with_its_log_and_left_uncommitted(pipeline_copy: Path):
+    work = pipeline_copy
+    run(["dvc", "repro", "prepare"], work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["runs"]["broken_0"] = {"method": "strong_only", "row": "Broken", "strong_fraction": 1.0,
+                                  "options": {"loss": "no_such_loss"}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(work / "runs" / "strong_only_100", ignore_errors=True)
+    result = subprocess.run(["python", "-m", "benchmark.launch", "--runs", "broken_0,strong_only_100",
+                             "--per-gpu", "2", "--poll-seconds", "1"], cwd=work, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert result.returncode == 1
+    assert "broken_0: FAILED (exit 1)" in result.stdout and "log logs/launch/broken_0.log" in result.stdout
+    assert "failed: broken_0" in result.stderr and "the others are" in result.stderr
+    assert "no_such_loss" in (work / "logs" / "launch" / "broken_0.log").read_text()
+    status = run(["dvc", "status"], work)
+    assert "train@broken_0:" in status and "train@strong_only_100:" not in status

@@ -1,0 +1,102 @@
+"""benchmark.launch without a cluster: the `launch:` settings and their flags, how local slots share the runs,
+and the sbatch script submitit generates from our settings (array size, concurrency cap, resources)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+from benchmark import launch
+from benchmark.config import ConfigError, launch_settings, load_params
+from tests.conftest import REPO
+
+
+def settings_from(argv: list[str], params: dict | None = None):
+    params = params if params is not None else load_params(REPO / "params.yaml")
+    args = launch.parse_args(argv)
+    return launch_settings({"launch": launch.merged_launch_section(params, args)})
+
+
+def test_both_profiles_have_a_valid_launch_section():
+    for path in (REPO / "params.yaml", REPO / "profiles" / "paper.yaml"):
+        settings = launch_settings(load_params(path), path)
+        assert settings.executor == "local" and settings.gpus == () and settings.slurm.max_parallel >= 1
+
+
+def test_flags_override_params_yaml():
+    settings = settings_from(["--executor", "slurm", "--partition", "gpu", "--account", "lab", "--time-limit", "30",
+                              "--gpus-per-job", "2", "--cpus-per-job", "8", "--mem-gb", "64", "--max-parallel", "3",
+                              "--sbatch=--qos=high", "--sbatch", "#SBATCH --exclusive", "--setup", "module load cuda",
+                              "--gpus", "0,1", "--per-gpu", "4", "--logs", "elsewhere"])
+    slurm = settings.slurm
+    assert settings.executor == "slurm" and str(settings.logs) == "elsewhere"
+    assert (slurm.partition, slurm.account, slurm.time_limit_min, slurm.gpus_per_job, slurm.cpus_per_job,
+            slurm.mem_gb, slurm.max_parallel) == ("gpu", "lab", 30, 2, 8, 64.0, 3)
+    assert slurm.extra_sbatch == {"qos": "high", "exclusive": True} and slurm.setup == ("module load cuda",)
+    assert settings.gpus == (0, 1) and settings.per_gpu == 4
+    assert settings_from(["--gpus", ""]).gpus == (), "an empty --gpus means CPU processes"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(executor="pbs"), "launch.executor must be one of local, slurm, got 'pbs'"),
+    (lambda s: s["local"].update(per_gpu=0), "launch.local.per_gpu must be an integer >= 1, got 0"),
+    (lambda s: s["local"].update(gpus="0,1"), "launch.local.gpus must be a list of distinct CUDA device ids"),
+    (lambda s: s["slurm"].update(time_limit_min="4h"), "launch.slurm.time_limit_min must be an integer >= 1"),
+    (lambda s: s["slurm"].update(mem_gb=-1), "launch.slurm.mem_gb must be a number > 0 or null, got -1"),
+    (lambda s: s["slurm"].update(extra_sbatch=["-q normal"]), "extra_sbatch entry '-q normal' must be a long"),
+    (lambda s: s["slurm"].pop("partition"), "launch.slurm.partition is missing"),
+])
+def test_bad_launch_values_name_their_key(edit, message):
+    params = copy.deepcopy(load_params(REPO / "params.yaml"))
+    edit(params["launch"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        launch_settings(params)
+    with pytest.raises(ConfigError, match="missing section 'launch'"):
+        launch_settings({"runs": {}})
+
+
+def test_a_bad_flag_is_one_line_on_stderr_and_nothing_is_launched(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(["--per-gpu", "0"]) == 2
+    assert launch.main(["--gpus", "0,x"]) == 2
+    assert launch.main(["--runs", "nope"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == ["error: params.yaml: launch.local.per_gpu must be an integer >= 1, got 0.",
+                      "error: --gpus must be comma-separated CUDA device ids (e.g. 0,1), got '0,x'.",
+                      "error: --runs: not configured in params.yaml: nope"]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_local_slots_are_gpus_times_per_gpu_and_share_the_runs():
+    runs = [f"r{i}" for i in range(5)]
+    assert launch.local_slots(runs, (0, 1), 2) == [(0, ["r0", "r4"]), (0, ["r1"]), (1, ["r2"]), (1, ["r3"])]
+    assert launch.local_slots(runs[:1], (0, 1), 2) == [(0, ["r0"])], "no idle processes for fewer runs"
+    assert launch.local_slots(runs, (), 2) == [(None, ["r0", "r2", "r4"]), (None, ["r1", "r3"])], "CPU slots"
+
+
+def test_generated_sbatch_script_has_the_array_cap_and_resources(tmp_path):
+    settings = settings_from(["--executor", "slurm", "--partition", "gpu", "--account", "lab", "--time-limit", "30",
+                              "--gpus-per-job", "2", "--cpus-per-job", "8", "--mem-gb", "64", "--max-parallel", "3",
+                              "--sbatch=--qos=high", "--sbatch=--exclusive", "--setup", "module load cuda/12.4"])
+    parameters = launch.slurm_parameters(settings)
+    assert set(parameters) <= SlurmExecutor._valid_parameters(), "every key is one submitit's SlurmExecutor takes"
+    # what SlurmExecutor writes for an array of 5 runs (submitit's own renderer, as used at submission)
+    script = _make_sbatch_string(command="python -u -m submitit.core._submit x", folder=tmp_path, map_count=5,
+                                 **parameters)
+    lines = script.splitlines()
+    for line in ("#SBATCH --array=0-4%3", "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --time=30",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",
+                 "#SBATCH --qos=high", "#SBATCH --exclusive", "#SBATCH --signal=USR2@90", "#SBATCH --nodes=1",
+                 "#SBATCH --ntasks-per-node=1", "module load cuda/12.4"):
+        assert line in lines, f"{line!r} not in the sbatch script:\n{script}"
+    assert lines.index("module load cuda/12.4") < next(i for i, line in enumerate(lines) if line.startswith("srun"))
+    cpu_only = launch.slurm_parameters(settings_from(["--gpus-per-job", "0"]))
+    assert "gpus_per_node" not in cpu_only and "partition" not in cpu_only and "account" not in cpu_only
+
+
+def test_params_yaml_launch_section_is_documented_yaml():
+    text = (REPO / "params.yaml").read_text()
+    assert "launch:" in text and yaml.safe_load(text)["launch"]["slurm"]["extra_sbatch"] == []
