@@ -78,13 +78,14 @@ class TrainRuns(submitit.helpers.Checkpointable):
         for run in self.runs:
             if run in self.finished:
                 continue  # trained before this job was requeued
-            log_path = Path(self.logs) / f"{run}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path = Path(self.logs) / f"{run}.log"  # relative to the repository, as the user gave it
+            (Path(self.repo) / log_path).parent.mkdir(parents=True, exist_ok=True)
             devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
             where = f"{socket.gethostname()}, " + (f"GPU {devices}" if devices else "CPU")
             started = time.perf_counter()
-            with log_path.open("a") as log:
-                log.write(("\n" if log.tell() else "") + f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} python -m benchmark.train {run} on {where} "
+            with (Path(self.repo) / log_path).open("a") as log:
+                log.write(("\n" if log.tell() else "")  # an attempt killed mid-line leaves no newline
+                          + f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} python -m benchmark.train {run} on {where} "
                           f"(job {submitit.JobEnvironment().job_id}) ===\n")
                 log.flush()
                 code = subprocess.run([sys.executable, "-m", "benchmark.train", run], cwd=self.repo, stdout=log,

@@ -40,6 +40,16 @@ class Cluster:
         return result.stdout
 
     def stop(self) -> None:
+        def jobs() -> list[str]:
+            listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True,
+                                    timeout=60)
+            return listed.stdout.split() if listed.returncode == 0 else []
+
+        if jobs():  # a failed test may leave jobs: end them, so no job step outlives the cluster
+            subprocess.run(["scancel", "--full", *jobs()], env=self.env, capture_output=True, timeout=60)
+            deadline = time.time() + 60
+            while jobs() and time.time() < deadline:
+                time.sleep(0.5)
         subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=60)
         for pid_file in reversed(self.pid_files):
             try:
