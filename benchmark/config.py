@@ -273,8 +273,8 @@ class LaunchLocal(Section):
 
 
 class LaunchSlurm(Section):
-    partition: Text | None
-    account: Text | None
+    partition: Annotated[Text | None, Field(description="a partition name, or null (the cluster's default)")]
+    account: Annotated[Text | None, Field(description="an account name, or null (your default account)")]
     gpus_per_job: Integer(ge=0)
     cpus_per_job: Integer(ge=1)
     mem_gb: Annotated[Number(gt=0) | None, Field(description="a number > 0, or null (the partition's default)")]
@@ -303,7 +303,7 @@ class Params(Section):
     runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, "
                                                           "...)")]
     report: Report
-    launch: Launch | None = None  # read by benchmark.launch only; no DVC stage depends on it
+    launch: Launch  # read by benchmark.launch only; no DVC stage depends on it
 
 
 def _validate(model: type[BaseModel], payload: Any, source: str, prefix: tuple = ()) -> BaseModel:

@@ -83,9 +83,7 @@ def protocols(threshold: float) -> dict[str, Protocol]:
 def selected_protocols(params: dict[str, Any], results: list["RunResult"]) -> tuple[Protocol, Protocol]:
     """(the protocol `evaluate.protocol` sets beside the paper's numbers, the other one)."""
     available = protocols(thresholds(results)[0])
-    name = str((params.get("evaluate") or {}).get("protocol", "threshold"))
-    if name not in available:
-        raise SystemExit(f"params.yaml: evaluate.protocol must be one of {', '.join(available)}, got {name!r}.")
+    name = params["evaluate"]["protocol"]  # one of `protocols`: the schema (benchmark/config.py) checked it
     other = next(protocol for key, protocol in available.items() if key != name)
     return available[name], other
 LOCK_FILE = Path("requirements.lock")  # the exact environment (README "Quickstart"); the summary compares with it

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -498,12 +499,21 @@ def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.devi
     return workers, max(1, cores // workers)
 
 
-def _seed_worker(job: tuple) -> SeedResult:
-    """One seed in a spawned worker process: its own threads, data and RNG state, nothing shared; the parent writes
-    the model once every seed has trained."""
+def _seed_worker(job: tuple) -> tuple[bytes, list[dict[str, Any]], dict[str, Any]]:
+    """One seed in a spawned worker process: its own threads, data and RNG state, nothing shared. The weights go
+    back serialised: a tensor sent as itself travels through shared memory that dies with this process (which
+    exits after its one task), and the parent writes the models once every seed has trained."""
     spec, seed, params, prepared_dir, fingerprint, show_progress, threads, position = job
     configure_threads(threads)
-    return train_seed(spec, seed, params, load_prepared(prepared_dir), fingerprint, show_progress, position)
+    result = train_seed(spec, seed, params, load_prepared(prepared_dir), fingerprint, show_progress, position)
+    buffer = io.BytesIO()
+    torch.save(result.state_dict, buffer)
+    return buffer.getvalue(), result.log_rows, result.info
+
+
+def _seed_result(payload: tuple[bytes, list[dict[str, Any]], dict[str, Any]]) -> SeedResult:
+    weights, log_rows, info = payload
+    return SeedResult(torch.load(io.BytesIO(weights), weights_only=True), log_rows, info)
 
 
 def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
@@ -534,7 +544,7 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             # spawn, not fork: a forked child would inherit this process's OpenMP pool; one fresh process per
             # seed. Leaving the block terminates the pool, so a failing seed stops the others too.
             with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-                results = list(pool.imap(_seed_worker, jobs, chunksize=1))
+                results = [_seed_result(payload) for payload in pool.imap(_seed_worker, jobs, chunksize=1)]
 
         log_rows, seeds_info, counts = [], {}, {}
         for seed, result in zip(spec.seeds, results):  # written once every seed has trained: a diverged seed leaves none

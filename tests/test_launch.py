@@ -39,14 +39,15 @@ def test_flags_override_params_yaml():
     assert settings_from(["--gpus", ""]).gpus == (), "an empty --gpus means CPU processes"
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.update(executor="pbs"), "launch.executor must be one of local, slurm, got 'pbs'"),
-    (lambda s: s["local"].update(per_gpu=0), "launch.local.per_gpu must be an integer >= 1, got 0"),
-    (lambda s: s["local"].update(gpus="0,1"), "launch.local.gpus must be a list of distinct CUDA device ids"),
-    (lambda s: s["slurm"].update(time_limit_min="4h"), "launch.slurm.time_limit_min must be an integer >= 1"),
-    (lambda s: s["slurm"].update(mem_gb=-1), "launch.slurm.mem_gb must be a number > 0 or null, got -1"),
-    (lambda s: s["slurm"].update(extra_sbatch=["-q normal"]), "extra_sbatch entry '-q normal' must be a long"),
-    (lambda s: s["slurm"].pop("partition"), "launch.slurm.partition is missing"),
+@pytest.mark.parametrize("edit, message", [  # every key's bounds: tests/test_schema.py
+    (lambda s: s.update(executor="pbs"), 'launch.executor = "pbs": must be one of local, slurm'),
+    (lambda s: s["local"].update(per_gpu=0), "launch.local.per_gpu = 0: must be an integer >= 1"),
+    (lambda s: s["local"].update(gpus="0,1"), 'launch.local.gpus = "0,1": must be a list of distinct CUDA device ids'),
+    (lambda s: s["slurm"].update(time_limit_min="4h"), 'launch.slurm.time_limit_min = "4h": must be an integer >= 1'),
+    (lambda s: s["slurm"].update(mem_gb=-1), "launch.slurm.mem_gb = -1: must be a number > 0, or null"),
+    (lambda s: s["slurm"].update(extra_sbatch=["-q normal"]), 'launch.slurm.extra_sbatch[0] = "-q normal": '
+                                                              "launch.slurm.extra_sbatch must be a list of long"),
+    (lambda s: s["slurm"].pop("partition"), "launch.slurm.partition: missing; it must be a partition name, or null"),
 ])
 def test_bad_launch_values_name_their_key(edit, message):
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
@@ -64,7 +65,7 @@ def test_a_bad_flag_is_one_line_on_stderr_and_nothing_is_launched(tmp_path, monk
     assert launch.main(["--gpus", "0,x"]) == 2
     assert launch.main(["--runs", "nope"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert errors == ["error: params.yaml: launch.local.per_gpu must be an integer >= 1, got 0.",
+    assert errors == ["error: params.yaml: launch.local.per_gpu = 0: must be an integer >= 1",
                       "error: --gpus must be comma-separated CUDA device ids (e.g. 0,1), got '0,x'.",
                       "error: --runs: not configured in params.yaml: nope"]
     assert not (tmp_path / "logs").exists()

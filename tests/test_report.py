@@ -15,6 +15,7 @@ import yaml
 from scipy import stats
 
 from benchmark import report
+from benchmark.config import ConfigError
 from benchmark.data import load_prepared
 from benchmark.statistics import two_stage_bootstrap
 from tests.conftest import tiny_params
@@ -271,8 +272,8 @@ def test_the_authors_protocol_beside_the_papers_numbers(tiny_prepared, tmp_path)
     params = yaml.safe_load(params_path.read_text())
     params["evaluate"]["protocol"] = "sam2"
     params_path.write_text(yaml.safe_dump(params))
-    with pytest.raises(SystemExit, match=r"params.yaml: evaluate.protocol must be one of threshold, authors, "
-                                         r"got 'sam2'"):
+    with pytest.raises(ConfigError, match=r"params.yaml: evaluate.protocol = \"sam2\": must be one of threshold, "
+                                          r"authors"):
         render(params_path, runs_dir, prepared, tmp_path / "bad")
 
 

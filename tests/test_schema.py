@@ -20,7 +20,7 @@ from benchmark.train import train_run
 from tests.conftest import REPO
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-SECTIONS = ("data", "model", "train", "evaluate", "report")
+SECTIONS = ("data", "model", "train", "evaluate", "report", "launch")
 SEED_MAX = 2**32 - 1  # numpy's global seeding takes 32-bit seeds
 
 
@@ -111,7 +111,8 @@ def test_numbers_refuse_booleans_and_text(key, tmp_path):
         assert line.startswith(f"{key} = {shown}: must be ")
 
 
-@pytest.mark.parametrize("where", ["", *SECTIONS, "data.synthetic", "data.real", "data.preprocess", "runs.ours_10"])
+@pytest.mark.parametrize("where", ["", *SECTIONS, "data.synthetic", "data.real", "data.preprocess", "runs.ours_10",
+                                   "launch.local", "launch.slurm"])
 def test_an_unknown_key_is_refused_with_the_keys_allowed_there(where, tmp_path):
     params = edited({})
     node = value_at(params, where) if where else params
@@ -191,6 +192,23 @@ BOUNDS = {
     "report.reference_strong": ([0, 100], [-1, 101]),
     "report.figure_seed": ([0], [-1]),
     "report.bootstrap_resamples": ([100, 10000], [99, 0]),
+    "launch.executor": (["local", "slurm"], ["pbs", ""]),
+    "launch.logs": (["logs/launch"], [""]),
+    "launch.max_requeues": ([0, 3], [-1]),
+    "launch.poll_seconds": ([0.5, 10], [0, -1]),
+    "launch.local.gpus": ([[], [0, 1]], [[-1], [0, 0], [1.5]]),
+    "launch.local.per_gpu": ([1, 8], [0]),
+    "launch.local.time_limit_min": ([1], [0]),
+    "launch.slurm.partition": ([None, "gpu"], [""]),
+    "launch.slurm.account": ([None, "lab"], [""]),
+    "launch.slurm.gpus_per_job": ([0, 1], [-1]),
+    "launch.slurm.cpus_per_job": ([1], [0]),
+    "launch.slurm.mem_gb": ([None, 0.5, 64], [0, -1]),
+    "launch.slurm.time_limit_min": ([1, 240], [0]),
+    "launch.slurm.max_parallel": ([1], [0]),
+    "launch.slurm.extra_sbatch": ([[], ["--qos=normal", "--exclusive", "#SBATCH --constraint=a100"]],
+                                  [["qos=normal"], ["-q normal"], [""], [1]]),
+    "launch.slurm.setup": ([[], ["module load cuda/12.4"]], [[""], [1]]),
     **{flag: ([True, False], ["true", 1]) for flag in FLAGS},
 }
 COMPANIONS = {  # edits that keep a rule between keys satisfied while one of them is at its bound
@@ -259,7 +277,8 @@ def test_a_missing_section_lists_its_keys(tmp_path):
     params = edited({})
     del params["evaluate"]
     assert refused(tmp_path, params) == [
-        "evaluate: missing; it must be a section with the keys threshold, batch_size, figure_examples, figure_seed"]
+        "evaluate: missing; it must be a section with the keys threshold, batch_size, figure_examples, figure_seed, "
+        "protocol"]
 
 
 def test_yaml_numbers_are_read_as_dvc_reads_them(tmp_path):
