@@ -29,6 +29,21 @@ def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> 
     return params
 
 
+def edited_params(params: dict, edits: dict, removed: tuple[str, ...] = ()) -> dict:
+    """A copy of params with dotted keys set ({"train.epochs": 0}) and others removed (("train.lr",))."""
+    params = copy.deepcopy(params)
+    for key in [*edits, *removed]:
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        if key in edits:
+            node[last] = edits[key]
+        else:
+            del node[last]
+    return params
+
+
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> tuple[dict, Path]:
     params = tiny_params()

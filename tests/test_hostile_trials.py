@@ -33,7 +33,7 @@ from benchmark.data import load_prepared
 from benchmark.evaluate import evaluate_run
 from benchmark.networks import WeightsUnavailableError, build_unet
 from benchmark.train import CHECKPOINT_NAME, train_run
-from tests.conftest import REPO
+from tests.conftest import REPO, edited_params as edited
 from tests.fake_runs import fabricate_run
 
 RUN = "strong_only_100"
@@ -80,18 +80,6 @@ def assert_one_line_error(code: int, stderr: str, *fragments: str) -> str:
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def edited(params: dict, edits: dict) -> dict:
-    """A copy of params with dotted keys set, e.g. {"train.epochs": 0}."""
-    params = copy.deepcopy(params)
-    for key, value in edits.items():
-        *parents, last = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return params
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ the file, the key, the value and what is allowed.
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
@@ -17,7 +16,7 @@ import yaml
 
 from benchmark.config import ConfigError, RunSpec, load_params
 from benchmark.train import train_run
-from tests.conftest import REPO
+from tests.conftest import REPO, edited_params
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 SECTIONS = ("data", "model", "train", "evaluate", "report", "launch")
@@ -44,20 +43,7 @@ def value_at(tree: dict, key: str):
 
 
 def edited(edits: dict, removed: tuple[str, ...] = ()) -> dict:
-    params = copy.deepcopy(PARAMS)
-    for key, value in edits.items():
-        *parents, last = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    for key in removed:
-        *parents, last = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        del node[last]
-    return params
+    return edited_params(PARAMS, edits, removed)
 
 
 def load(tmp_path, params: dict) -> dict:
