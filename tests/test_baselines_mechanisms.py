@@ -96,8 +96,9 @@ def test_dcr_down_weights_weak_images_whose_boxes_miss_the_mass():
     torch.manual_seed(0)
     training_set, corrupt = disc_data()
     method = DCR(MODEL, {"tau": 8, "beta": 1.0, "similarity": "cosine", "lr_scaled": False})
-    train_steps(method, context_for(training_set, epochs=2, steps_per_epoch=20), steps=32, lr=5e-3)
-    assert method.dii_updates == 4, "tau=8 over 32 steps: four indicator updates"
+    # five updates: after four (32 steps) the gap was 0.30 on one CPU and 0.2986 on another, too close to call
+    train_steps(method, context_for(training_set, epochs=3, steps_per_epoch=20), steps=40, lr=5e-3)
+    assert method.dii_updates == 5, "tau=8 over 40 steps: five indicator updates"
     weak = ~training_set.is_strong.numpy()
     gamma = method.gamma.numpy()
     assert np.all(gamma[~weak] == 1.0)
