@@ -111,12 +111,12 @@ def load_study(path: str | Path, params: dict[str, Any]) -> Study:
                  tuple(int(s) for s in heldout["generator_seeds"]), int(heldout["count"]), tuple(variants))
 
 
-def variant_params(params: dict[str, Any], variant: Variant, seed: int, checkpoints: Path) -> tuple[dict, str]:
-    """params.yaml with one run: the variant's options over its run's own, one seed; and that run's name."""
+def variant_params(params: dict[str, Any], variant: Variant, seeds: list[int], checkpoints: Path) -> tuple[dict, str]:
+    """params.yaml with one run: the variant's options over its run's own, the given seeds; and that run's name."""
     params = copy.deepcopy(params)
     entry = dict(params["runs"][variant.run])
     entry["options"] = {**(entry.get("options") or {}), **variant.options}
-    entry["seeds"] = [seed]
+    entry["seeds"] = list(seeds)
     name = f"{variant.run}__{variant.name}"
     params["runs"] = {name: entry}
     params["train"]["checkpoint_dir"] = str(checkpoints)
@@ -148,23 +148,29 @@ def run_study(study: Study, params: dict[str, Any], prepared: Path, methods: lis
     """Train and score every (variant, seed) of the given methods that has no scores yet."""
     device = pick_device(params["train"].get("device", "auto"))
     sets = fresh_sets(study, params["data"])
-    todo = [(v, s) for v in study.variants if v.method in methods for s in study.seeds
-            if not study.scores_path(v, s).is_file()]
+    todo = [(v, [s for s in study.seeds if not study.scores_path(v, s).is_file()])
+            for v in study.variants if v.method in methods]
+    todo = [(variant, seeds) for variant, seeds in todo if seeds]
     threshold, batch_size = float(params["evaluate"]["threshold"]), int(params["evaluate"]["batch_size"])
-    for variant, seed in tqdm(todo, desc="study", unit="training"):
-        out = study.work / variant.method / variant.name / f"seed_{seed}"
-        run_params, name = variant_params(params, variant, seed, study.work / "checkpoints")
+    for variant, seeds in tqdm(todo, desc="study", unit="variant"):
+        # a variant's seeds train as one run, as the pipeline trains them (train.seed_workers: side by side at the
+        # same threads per seed), so a chosen variant's weights are the ones `dvc repro` gives
+        out = study.work / variant.method / variant.name
+        run_params, name = variant_params(params, variant, seeds, study.work / "checkpoints")
         spec = run_spec(run_params, name)
         train_run(spec, run_params, prepared, out)
-        model_path = load_run_models(out / name)[seed]
-        method = build_method(spec, params["model"]).to(device)
-        method.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
-        scores = score_model(method, sets, threshold, batch_size, device, f"{variant.method}/{variant.name}/seed {seed}")
+        models = load_run_models(out / name)
         info = read_json(out / name / "train_info.json")  # what trained it, so the report can check it is one protocol
-        provenance = info["seeds"][str(seed)]["provenance"]
-        scores = scores.assign(epochs=info["epochs"], image_size=info["image_size"], precision=info["precision"],
-                               git_commit=provenance["git_commit"], git_dirty=provenance["git_dirty"])
-        atomic_write_csv(study.scores_path(variant, seed), scores)  # last: marks this (variant, seed) done
+        for seed in seeds:
+            method = build_method(spec, params["model"]).to(device)
+            method.load_state_dict(torch.load(models[seed], map_location=device, weights_only=True))
+            scores = score_model(method, sets, threshold, batch_size, device,
+                                 f"{variant.method}/{variant.name}/seed {seed}")
+            provenance = info["seeds"][str(seed)]["provenance"]
+            scores = scores.assign(epochs=info["epochs"], image_size=info["image_size"], precision=info["precision"],
+                                   threads=info["threads"], git_commit=provenance["git_commit"],
+                                   git_dirty=provenance["git_dirty"])
+            atomic_write_csv(study.scores_path(variant, seed), scores)  # last: marks this (variant, seed) done
 
 
 def collect(study: Study) -> pd.DataFrame:
