@@ -7,7 +7,7 @@ description ("an integer >= 1"), found here by walking the schema along the erro
 import json
 import re
 import types
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Iterator, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -20,38 +20,38 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _unwrap(annotation: Any) -> Any:
-    """The type inside Annotated[...] / Optional[...]."""
+def _layers(annotation: Any) -> Iterator[Any]:
+    """The annotation and each type inside it, through Annotated[...] and Optional[...], outermost first (a
+    union of several types is the last layer)."""
     while True:
+        yield annotation
         origin = get_origin(annotation)
         if origin is Annotated:
             annotation = get_args(annotation)[0]
         elif origin in (Union, types.UnionType):
             options = [arg for arg in get_args(annotation) if arg is not type(None)]
             if len(options) != 1:
-                return annotation
+                return
             annotation = options[0]
         else:
-            return annotation
+            return
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The type inside Annotated[...] / Optional[...]."""
+    *_, innermost = _layers(annotation)
+    return innermost
 
 
 def _description(annotation: Any) -> str | None:
     """The first description in an annotation's Annotated metadata, looking through Optional."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            inner, *metadata = get_args(annotation)
-            found = next((m.description for m in metadata if isinstance(m, FieldInfo) and m.description), None)
+    for layer in _layers(annotation):
+        if get_origin(layer) is Annotated:
+            found = next((m.description for m in get_args(layer)[1:] if isinstance(m, FieldInfo) and m.description),
+                         None)
             if found:
                 return found
-            annotation = inner
-        elif origin in (Union, types.UnionType):
-            options = [arg for arg in get_args(annotation) if arg is not type(None)]
-            if len(options) != 1:
-                return None
-            annotation = options[0]
-        else:
-            return None
+    return None
 
 
 def _describe(model: type[BaseModel], loc: tuple) -> tuple[str | None, int, type[BaseModel] | None]:
