@@ -41,7 +41,7 @@ def test_tiny_study_trains_scores_resumes_and_reports(tiny_prepared, tmp_path):
     assert chosen in ("plain", "neck")
     report = render_report(study, params, results)
     assert "broken (ineligible)" in report and "plain (reference)" in report and "**Choice:**" in report
-    assert configured_variant(study, params, "strong_weak") == "plain", "the method's default neck_layers is 0"
+    assert configured_variant(study, params, "strong_weak") == "neck", "the method's default neck_layers is 1"
 
 
 def fake_results(scores):
