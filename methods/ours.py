@@ -34,8 +34,10 @@ Ours, where the paper is silent (each is an option unless stated):
   degenerate at the default 96 px: the stride-32 feature is 3 x 3, no mass box covers one of its cells,
   so area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
   feature's energy instead of pointing at the mass (at 352 px the level is 11 x 11). The study
-  (studies/fair_comparison/report.md) ruled it out before the runs and chose among the others on
-  held-out images.
+  (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs) ruled it out
+  before the runs and chose among the others on held-out images: "all" with `fd_levels: deepest`
+  38.68 +- 1.01 held-out Dice (the default), `fd_levels: all` 38.63 +- 0.84 (-0.05, a tie: the simpler
+  deepest split stays); the degenerate reading scored 35.56 +- 2.36.
 - `prompt_resize`: how the full-resolution U is brought to a feature map's size: "area" (default: mean over
   each cell, so a small uncertain area is never skipped by the subsampling) or "bilinear".
 - `detach_prompt`: false (default) lets the segmentation loss back-propagate through U into Dec_a and
