@@ -235,6 +235,7 @@ class Train(Section):
     compile: Flag
     deterministic: AutoOrFlag
     checkpoint_dir: Text
+    checkpoint_every_s: Number(ge=0)
 
 
 class Evaluate(Section):

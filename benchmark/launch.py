@@ -151,20 +151,59 @@ class LaunchError(RuntimeError):
 
 
 # -- waiting for the jobs -------------------------------------------------------------------------------------
+# JobState values of `scontrol show job` for a job that has not ended: its current attempt is queued or running
+SLURM_ALIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING",
+                                "COMPLETING", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED"})
+
+
+def slurm_controller_state(job_id: str) -> str | None:
+    """The job's state as slurmctld holds it now (None: the controller no longer knows the job, or no scontrol)."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state = next((field.split("=", 1)[1] for field in shown.stdout.split() if field.startswith("JobState=")), None)
+    return state if shown.returncode == 0 else None
+
+
+def has_ended(job: submitit.Job, executor: str) -> bool:
+    """Whether the job is over. submitit reads SLURM's accounting (sacct), which can show a requeued job's
+    ended attempt (FAILED) before the requeue reaches it, and caches that verdict; a job without a result is
+    therefore over only once the controller, which requeued it, no longer has it queued or running."""
+    if not job.done():
+        return False
+    if executor != "slurm" or job.paths.result_pickle.exists():
+        return True
+    return slurm_controller_state(job.job_id) not in SLURM_ALIVE_STATES
+
+
+def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float):
+    """Yield each job once it has ended (see `has_ended`), in the order they end."""
+    waiting = list(jobs)
+    while waiting:
+        ended = [job for job in waiting if has_ended(job, executor)]
+        for job in ended:
+            waiting.remove(job)
+            yield job
+        if waiting and not ended:
+            time.sleep(poll_seconds)
+
+
 def collect(jobs: list[submitit.Job], runs_of: dict[str, list[str]], settings: LaunchSettings) \
         -> dict[str, dict[str, Any]]:
     """Wait for every job (`runs_of`: job id -> its runs); each run's outcome: exit code (None: the job itself
     failed), where it ran, its log."""
     outcomes: dict[str, dict[str, Any]] = {}
     progress = tqdm(total=sum(len(runs) for runs in runs_of.values()), desc="runs finished", unit="run")
-    for job in submitit.helpers.as_completed(jobs, poll_frequency=settings.poll_seconds):
+    for job in as_they_end(jobs, settings.executor, settings.poll_seconds):
         try:
             results = job.result()
         except Exception as error:  # the job died outside the training (cancelled, node failure, too many time-outs)
             if isinstance(error, submitit.core.utils.FailedJobError):  # the job's own Python code raised
                 reason = "an error in the job process; its traceback is in the job log"
             else:  # killed, cancelled, out of memory, node failure, or timed out too often
-                reason = f"SLURM state {job.state}" if settings.executor == "slurm" else "its process was killed"
+                reason = (f"SLURM state {slurm_controller_state(job.job_id) or job.state}"
+                          if settings.executor == "slurm" else "its process was killed")
             results = {run: {"exit": None, "error": reason, "job_log": str(job.paths.stderr),
                              "log": str(settings.logs / f"{run}.log")} for run in runs_of[job.job_id]}
         for run, outcome in results.items():

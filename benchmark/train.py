@@ -25,10 +25,11 @@ cores (on a GPU, one). A seed's result does not depend on the workers: each is b
 to a serial run (`seed_workers: 1`) at the same threads per seed. The thread count itself is part of
 the numerics (oneDNN splits its reductions by thread), so train_info.json records it.
 
-Interruptions: every epoch ends with a checkpoint (weights, optimizer, RNG and sampler
+Interruptions: an epoch's end writes a checkpoint (weights, optimizer, RNG and sampler
 states, the method's own training state, the log so far, and a sha256 of all of it) in
-`train.checkpoint_dir`, which DVC neither tracks nor deletes. Re-running the stage resumes each
-seed from its last complete epoch, but only when the checkpoint's checksum matches its contents
+`train.checkpoint_dir`, which DVC neither tracks nor deletes, once `train.checkpoint_every_s`
+seconds of training passed since the last one (0: every epoch; never after the last epoch).
+Re-running the stage resumes each seed from its last checkpointed epoch, but only when the checkpoint's checksum matches its contents
 (a damaged one is deleted, with a message) and its fingerprint (configuration, prepared data,
 code, torch version) equals the run's; otherwise it starts over and says why. The
 checkpoints are removed once every seed's outputs are written.
@@ -249,7 +250,9 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
     """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
 
     The code is every loaded module of the `benchmark` and `methods` packages: what the run executes."""
-    train_params = {key: value for key, value in params["train"].items() if key != "checkpoint_dir"}
+    # where and how often checkpoints are written changes no result, so a checkpoint survives a change of either
+    train_params = {key: value for key, value in params["train"].items()
+                    if key not in ("checkpoint_dir", "checkpoint_every_s")}
     get_method(spec.method)  # imports the method's module, so its file is among the code below
     code_files = {name: Path(module.__file__) for name, module in list(sys.modules.items())
                   if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
@@ -427,6 +430,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
                            f"{checkpoint_path}")
 
         method.train()
+        checkpoint_every_s, last_checkpoint = float(train_params["checkpoint_every_s"]), time.perf_counter()
         for epoch in range(first_epoch, epochs):
             lr = poly_lr(float(train_params["lr"]), epoch, epochs, float(train_params["poly_power"]))
             for group in optimizer.param_groups:
@@ -445,6 +449,11 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
             log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
                              "seconds": round(time.perf_counter() - epoch_start, 3)})
             progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
+            # a checkpoint costs a serialisation of the weights and Adam's moments (3x the model) and a write: at
+            # most one per train.checkpoint_every_s, none after the last epoch (the run's output follows at once)
+            if epoch + 1 == epochs or time.perf_counter() - last_checkpoint < checkpoint_every_s:
+                continue
+            last_checkpoint = time.perf_counter()
             save_checkpoint(checkpoint_path, {
                 "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
                 "method_state": method.training_state(), "optimizer": optimizer.state_dict(),

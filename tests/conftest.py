@@ -23,6 +23,7 @@ def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> 
     params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast)
     params["model"]["decoder_channels"] = [16, 16, 8, 8, 8]
     params["train"].update(epochs=1, batch_size=4)
+    params["train"]["checkpoint_every_s"] = 0  # tiny epochs last under a second: checkpoint after each, as resume tests need
     params["seeds"] = [0]  # one seed keeps the end-to-end tests short; tests of several seeds set their own
     # the two Strong-Only rows are enough to exercise the pipeline; every method has its own tests
     params["runs"] = {name: run for name, run in params["runs"].items() if name in ("strong_only_100", "strong_only_10")}

@@ -1,8 +1,11 @@
 """benchmark.launch without a cluster: the `launch:` settings and their flags, how local slots share the runs,
-and the sbatch script submitit generates from our settings (array size, concurrency cap, resources)."""
+and the sbatch script submitit generates from our settings (array size, concurrency cap, resources); when a
+SLURM job counts as over (a requeued one is not, whatever the accounting says)."""
 from __future__ import annotations
 
 import copy
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,3 +104,44 @@ def test_generated_sbatch_script_has_the_array_cap_and_resources(tmp_path):
 def test_params_yaml_launch_section_is_documented_yaml():
     text = (REPO / "params.yaml").read_text()
     assert "launch:" in text and yaml.safe_load(text)["launch"]["slurm"]["extra_sbatch"] == []
+
+
+class _EndedAttempt:
+    """A SLURM job as submitit sees it after a requeue: sacct showed the ended attempt, so done() is True and
+    cached, and no result has been written yet."""
+    job_id = "3_0"
+
+    def __init__(self, folder: Path) -> None:
+        self.paths = type("Paths", (), {"result_pickle": folder / "3_0_result.pkl"})()
+
+    def done(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("controller_state, ended", [
+    ("PENDING", False), ("RUNNING", False), ("REQUEUED", False), ("COMPLETING", False),
+    ("FAILED", True), ("CANCELLED", True), ("TIMEOUT", True), (None, True),  # None: the controller forgot it
+])
+def test_a_requeued_slurm_job_is_not_over_until_the_controller_says_so(tmp_path, monkeypatch, controller_state,
+                                                                       ended):
+    monkeypatch.setattr(launch, "slurm_controller_state", lambda job_id: controller_state)
+    job = _EndedAttempt(tmp_path)
+    assert launch.has_ended(job, "slurm") is ended
+    job.paths.result_pickle.write_bytes(b"")  # the requeued attempt finished and wrote its result
+    assert launch.has_ended(job, "slurm")
+    assert launch.has_ended(_EndedAttempt(tmp_path / "elsewhere"), "local")  # processes: submitit knows
+
+
+def test_the_controller_state_is_read_from_scontrol(monkeypatch):
+    shown = "JobId=4 ArrayJobId=3 ArrayTaskId=0 JobName=benchmark-train\n   JobState=PENDING Reason=BeginTime Restarts=1"
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout=shown, stderr="")
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    assert launch.slurm_controller_state("3_0") == "PENDING"
+    assert calls == [["scontrol", "show", "job", "3_0"]]
+    monkeypatch.setattr(launch.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
+        command, 1, stdout="", stderr="slurm_load_jobs error: Invalid job id specified"))
+    assert launch.slurm_controller_state("3_0") is None

@@ -4,6 +4,8 @@
 - a real `python -m benchmark.train` subprocess killed with SIGKILL mid-epoch, re-run: the same
   per-image metrics as an uninterrupted run, and the completed epochs were not trained again;
 - a checkpoint written under another configuration is not resumed from;
+- checkpoints are written at most once per `train.checkpoint_every_s`, never after the last epoch,
+  and how often they are written changes no weight;
 - two runs of the same seed on CPU write identical per-image CSVs.
 """
 from __future__ import annotations
@@ -77,6 +79,30 @@ def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, 
     log_b = pd.read_csv(tmp_path / "b" / spec.name / "train_log.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(log_a, log_b)
     assert not checkpoint_dir(params_b, spec, 0).parent.exists(), "checkpoints are removed once the run is complete"
+
+
+def test_checkpoints_follow_the_interval_and_never_change_the_weights(tiny_prepared, tmp_path, monkeypatch):
+    params, prepared = tiny_prepared
+    spec = spec_for("strong_only")
+    real_save, saved = trainer.atomic_torch_save, []
+
+    def recording_save(path, payload):
+        if Path(path).name == CHECKPOINT_NAME:
+            saved.append(payload["epoch"])
+        real_save(path, payload)
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", recording_save)
+    weights = {}
+    for every_s, expected in ((0, [1, 2]), (3600, [])):
+        saved.clear()
+        run_params = copy.deepcopy(params)
+        run_params["train"].update(epochs=3, checkpoint_dir=str(tmp_path / f"ck_{every_s}"),
+                                   checkpoint_every_s=every_s)
+        train_run(spec, run_params, prepared, tmp_path / f"runs_{every_s}", show_progress=False)
+        assert saved == expected, f"checkpoint_every_s = {every_s}: checkpoints after epochs {saved}"
+        weights[every_s] = torch.load(tmp_path / f"runs_{every_s}" / spec.name / "models" / "seed_0.pt",
+                                      weights_only=True)
+    assert all(torch.equal(weights[0][key], weights[3600][key]) for key in weights[0])
 
 
 def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeypatch, capsys):

@@ -163,6 +163,7 @@ BOUNDS = {
     "train.precision": (["auto", "fp32", "bf16"], ["fp16"]),
     "train.deterministic": (["auto", True, False], ["yes", 1, None]),
     "train.checkpoint_dir": (["ck", "/tmp/ck"], [""]),
+    "train.checkpoint_every_s": ([0, 0.5, 120], [-1, "often", True, None]),
     "evaluate.threshold": ([0.01, 0.99], [0, 1, 2.0]),
     "evaluate.batch_size": ([1], [0]),
     "evaluate.figure_examples": ([1, 3], [0]),
