@@ -29,10 +29,10 @@ Interruptions: an epoch's end writes a checkpoint (weights, optimizer, RNG and s
 states, the method's own training state, the log so far, and a sha256 of all of it) in
 `train.checkpoint_dir`, which DVC neither tracks nor deletes, once `train.checkpoint_every_s`
 seconds of training passed since the last one (0: every epoch; never after the last epoch).
-Re-running the stage resumes each seed from its last checkpointed epoch, but only when the checkpoint's checksum matches its contents
-(a damaged one is deleted, with a message) and its fingerprint (configuration, prepared data,
-code, torch version) equals the run's; otherwise it starts over and says why. The
-checkpoints are removed once every seed's outputs are written.
+Re-running the stage resumes each seed from its last checkpointed epoch, but only when the
+checkpoint's checksum matches its contents (a damaged one is deleted, with a message) and its
+fingerprint (configuration, prepared data, code, torch version) equals the run's; otherwise it
+starts over and says why. The checkpoints are removed once every seed's outputs are written.
 
 Outputs in runs/<run>/, written once every seed has trained, each under a temporary name and
 renamed: models/seed_<s>.pt (state dict of the final epoch — the paper protocol has no validation
@@ -386,7 +386,8 @@ def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedD
 def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
                 show_progress: bool, progress_position: int | None) -> SeedResult:
     train_params, model_params = params["train"], params["model"]
-    started_at, started = now_iso(), time.perf_counter()
+    # the code that trains the seed: read now, as a commit made while it trains does not change what it runs
+    started_at, started, source = now_iso(), time.perf_counter(), git_state()
     device = pick_device(train_params["device"])
     deterministic = configure_determinism(train_params["deterministic"], device)
     numerics = Numerics.from_params(train_params, device)
@@ -474,7 +475,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     seed_info = {
         "train_seconds": round(seconds_before + time.perf_counter() - started, 2),
         "resumed_from_epoch": first_epoch,
-        "provenance": {**git_state(), "started": started_at, "finished": now_iso(), "seed": seed,
+        "provenance": {**source, "started": started_at, "finished": now_iso(), "seed": seed,
                        "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint,
                        "params": {"model": model_params, "train": train_params, "seeds": list(spec.seeds),
                                   "run": {"method": spec.method, "row": spec.row,

@@ -34,8 +34,10 @@ Ours (reconstruction; each an option):
 - `similarity` other than the source's `dot`: `cosine` (cos(g_S, g_k), bounded) and `scaled`
   (g_S . g_k / (|g_S| mean_k |g_k|)); `lr_scaled: false` drops the alpha_t / alpha_0 factor. An earlier
   reading used cosine with a fixed beta 0.5 per update, not scaled by the learning rate.
-  In the fairness study (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs, tie margin 1.0 Dice): the source's step with beta 1.0 (default) 40.94 +- 0.89 held-out Dice, beta 0.1 41.27 +- 1.26
-  (+0.34, a tie), the earlier cosine / fixed 0.5 reading 40.91 +- 0.81 (-0.03): the default stays;
+  In the fairness study (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images,
+  12 epochs, tie margin 1.0 Dice): the source's step with beta 1.0 (default) 40.94 +- 0.89 held-out
+  Dice, beta 0.1 41.27 +- 1.26 (+0.34, a tie), the earlier cosine / fixed 0.5 reading 40.91 +- 0.81
+  (-0.03): the default stays;
 - `tau`: "epoch" (default: once per epoch, at its last step) or a number of optimiser steps;
   g_S from one strong batch of `batch_size` images drawn by its own sampler;
 - the loss of weak image k is gamma_k x loss(prediction, box target), summed over the weak images of the

@@ -22,7 +22,9 @@ Ours, where the source is silent or does not fit this benchmark (each an option)
   `alpha_end` at the last one, so the whole range is used whatever `train.epochs` is (x0.95 per epoch
   would only reach ~17 after the 12 default epochs; `per_epoch` gives the source's rule, floored at
   `alpha_end`). a is set at the start of each epoch (on_epoch_end prepares the next one).
-  In the fairness study (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs, tie margin 1.0 Dice): span 43.29 +- 1.30 held-out Dice, per_epoch 43.96 +- 0.87 (+0.67, a tie: span stays);
+  In the fairness study (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images,
+  12 epochs, tie margin 1.0 Dice): span 43.29 +- 1.30 held-out Dice, per_epoch 43.96 +- 0.87 (+0.67,
+  a tie: span stays);
 - `restrict_to_box: true`: q is set to 0 (background) outside the weak image's boxes; the study's
   `false` (q from the fused logits everywhere) scored 43.60 +- 0.95 (+0.31, a tie: true stays);
 - `box_target`: how the box map fed to the ancillary (and the region of q) is drawn: `filled`

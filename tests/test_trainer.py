@@ -73,6 +73,25 @@ def test_one_epoch_trains_and_saves(tiny_prepared, tmp_path):
     assert log[0].startswith("seed,epoch,lr,structure,total") and len(log) == 2
 
 
+def test_provenance_names_the_commit_a_seed_started_from(tiny_prepared, tmp_path, monkeypatch):
+    """A commit made while a run trains (a docstring edit during a long dvc repro) is not what the run executed."""
+    import benchmark.train as trainer
+    from methods.strong_only import StrongOnly
+    params, prepared = tiny_prepared
+    head = {"git_commit": "commit-at-start", "git_dirty": False}
+    monkeypatch.setattr(trainer, "git_state", lambda: dict(head))
+    real_step = StrongOnly.training_step
+
+    def commit_meanwhile(self, batch):
+        head["git_commit"] = "commit-made-during-training"
+        return real_step(self, batch)
+
+    monkeypatch.setattr(StrongOnly, "training_step", commit_meanwhile)
+    spec = RunSpec(name="prov", method="strong_only", strong_fraction=0.5, seeds=(0,), row="Strong-Only")
+    info = train_run(spec, params, prepared, tmp_path, show_progress=False)
+    assert info["seeds"]["0"]["provenance"]["git_commit"] == "commit-at-start"
+
+
 def test_non_finite_loss_stops_the_run(tiny_prepared, tmp_path, monkeypatch):
     params, prepared = tiny_prepared
     from methods.strong_only import StrongOnly
