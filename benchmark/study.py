@@ -144,13 +144,32 @@ def fresh_sets(study: Study, data_params: dict[str, Any]) -> dict[int, tuple[np.
     return sets
 
 
+def default_schedule(params: dict[str, Any]) -> tuple[int, int]:
+    """(epochs, image size): what makes two trainings of a variant the same protocol (see `protocol_line`)."""
+    return int(params["train"]["epochs"]), int(params["data"]["image_size"])
+
+
+def scores_are_current(path: Path, params: dict[str, Any]) -> bool:
+    """Whether a (variant, seed) has scores from a training at today's default schedule."""
+    if not path.is_file():
+        return False
+    recorded = pd.read_csv(path, usecols=["epochs", "image_size"], nrows=1)
+    return len(recorded) == 1 and tuple(int(v) for v in recorded.iloc[0]) == default_schedule(params)
+
+
 def run_study(study: Study, params: dict[str, Any], prepared: Path, methods: list[str]) -> None:
-    """Train and score every (variant, seed) of the given methods that has no scores yet."""
+    """Train and score every (variant, seed) of the given methods that has no scores at today's default schedule
+    (scores from another schedule are replaced: a choice rests on one protocol, the one the pipeline trains)."""
     device = pick_device(params["train"].get("device", "auto"))
     sets = fresh_sets(study, params["data"])
-    todo = [(v, [s for s in study.seeds if not study.scores_path(v, s).is_file()])
+    todo = [(v, [s for s in study.seeds if not scores_are_current(study.scores_path(v, s), params)])
             for v in study.variants if v.method in methods]
     todo = [(variant, seeds) for variant, seeds in todo if seeds]
+    outdated = sum(study.scores_path(v, s).is_file() for v, seeds in todo for s in seeds)
+    if outdated:
+        epochs, size = default_schedule(params)
+        tqdm.write(f"{outdated} score file(s) come from trainings at another schedule; re-training them at "
+                   f"today's default ({epochs} epochs, {size} px)")
     threshold, batch_size = float(params["evaluate"]["threshold"]), int(params["evaluate"]["batch_size"])
     for variant, seeds in tqdm(todo, desc="study", unit="variant"):
         # a variant's seeds train as one run, as the pipeline trains them (train.seed_workers: side by side at the
@@ -228,8 +247,7 @@ def protocol_line(results: pd.DataFrame, params: dict[str, Any]) -> str:
     used = results[["epochs", "image_size", "precision"]].drop_duplicates()
     commits = ", ".join(sorted({str(c)[:10] for c in results["git_commit"]}))
     text = "; ".join(f"{r.epochs} epochs, {r.image_size} px, {r.precision}" for r in used.itertuples())
-    same = len(used) == 1 and int(used.iloc[0]["epochs"]) == int(params["train"]["epochs"]) \
-        and int(used.iloc[0]["image_size"]) == int(params["data"]["image_size"])
+    same = len(used) == 1 and (int(used.iloc[0]["epochs"]), int(used.iloc[0]["image_size"])) == default_schedule(params)
     verdict = "one protocol, today's default schedule" if same else \
         "**not one protocol, or not today's default schedule: re-run the study**"
     return f"Trainings: {text} (code at {commits}): {verdict}."
@@ -240,9 +258,9 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              f"Written by `python -m benchmark.study {study.path}`; every number below is measured on fresh synthetic "
              f"CBIS-like images (generator seeds {', '.join(map(str, study.generator_seeds))}, {study.count} each; the "
              f"pipeline's data.synthetic.seed is {params['data']['synthetic']['seed']}), never on the test split. "
-             f"Training: the default params.yaml ({params['train']['epochs']} epochs, {params['data']['image_size']} px, "
-             f"structure window {params['train'].get('structure_window', 'scaled')}), seeds "
-             f"{', '.join(map(str, study.seeds))}.", "", f"**Rule** (written before the runs): {study.rule}", "",
+             f"Training: the pipeline's code and training split, seeds {', '.join(map(str, study.seeds))}; today's "
+             f"default params.yaml: {params['train']['epochs']} epochs, {params['data']['image_size']} px, structure "
+             f"window {params['train'].get('structure_window', 'scaled')} (what the trainings used: below).", "", f"**Rule** (written before the runs): {study.rule}", "",
              protocol_line(results, params),
              "", f"Variants per method: " + ", ".join(f"{m} {sum(v.method == m for v in study.variants)}"
                                                    for m in study.methods()) + ".", ""]

@@ -37,6 +37,12 @@ def test_tiny_study_trains_scores_resumes_and_reports(tiny_prepared, tmp_path):
     stamp = done.stat().st_mtime_ns
     run_study(study, params, prepared, ["strong_weak"])  # everything done: nothing re-trained
     assert done.stat().st_mtime_ns == stamp
+    longer = copy.deepcopy(params)
+    longer["train"]["epochs"] += 1  # a new default schedule: every score is from another protocol
+    assert "not one protocol, or not today's default schedule" in render_report(study, longer, results)
+    run_study(study, longer, prepared, ["strong_weak"])
+    assert set(collect(study)["epochs"]) == {longer["train"]["epochs"]}, "re-trained at the new schedule"
+    assert "re-run the study" not in render_report(study, longer, collect(study))
     chosen, _ = choose(study, results, "strong_weak")
     assert chosen in ("plain", "neck")
     report = render_report(study, params, results)
