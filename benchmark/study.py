@@ -260,7 +260,8 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              f"pipeline's data.synthetic.seed is {params['data']['synthetic']['seed']}), never on the test split. "
              f"Training: the pipeline's code and training split, seeds {', '.join(map(str, study.seeds))}; today's "
              f"default params.yaml: {params['train']['epochs']} epochs, {params['data']['image_size']} px, structure "
-             f"window {params['train'].get('structure_window', 'scaled')} (what the trainings used: below).", "", f"**Rule** (written before the runs): {study.rule}", "",
+             f"window {params['train'].get('structure_window', 'scaled')} (what the trainings used: below).", "",
+             f"**Rule** (written before the runs): {study.rule}", "",
              protocol_line(results, params),
              "", f"Variants per method: " + ", ".join(f"{m} {sum(v.method == m for v in study.variants)}"
                                                    for m in study.methods()) + ".", ""]
