@@ -11,8 +11,8 @@ per_gpu` submitit processes on this machine (each pinned to its GPU with CUDA_VI
 CPU), each training its share of the runs in turn. `--executor slurm` submits one job array, one task per
 run, at most `max_parallel` at a time. The `launch:` section of params.yaml holds the defaults; every
 key has a flag. A job that is preempted or reaches its time limit is checkpointed by submitit and
-requeued; the trainer's per-epoch checkpoints make the requeued run resume after its last complete epoch
-(so does launching again after a crash or Ctrl-C).
+requeued; the trainer's checkpoints (at epoch ends, at most once per `train.checkpoint_every_s`) make the
+requeued run resume after its last checkpointed epoch (so does launching again after a crash or Ctrl-C).
 
 When every job has ended, the launcher (on this machine, once) runs `dvc commit -f train@<run>` for the
 runs that finished: DVC stores their outputs and records in dvc.lock the hashes `dvc repro` would have
@@ -66,7 +66,7 @@ class TrainRuns(submitit.helpers.Checkpointable):
     """One submitit job: train `runs` one after another with the train stage's command; returns what happened.
 
     Checkpointable: on preemption or time-out submitit pickles this object (with the runs it has finished)
-    and requeues it; the run that was interrupted resumes from its per-epoch checkpoint."""
+    and requeues it; the run that was interrupted resumes from its last checkpoint."""
 
     runs: list[str]
     repo: str
@@ -177,11 +177,25 @@ def has_ended(job: submitit.Job, executor: str) -> bool:
     return slurm_controller_state(job.job_id) not in SLURM_ALIVE_STATES
 
 
-def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float):
-    """Yield each job once it has ended (see `has_ended`), in the order they end."""
-    waiting = list(jobs)
+# how long a SLURM job without a result must look over before it counts as over: a requeue passes through
+# states (the ended attempt's, COMPLETING) within seconds, and the controller may briefly show the attempt's end
+SLURM_SETTLE_SECONDS = 60.0
+
+
+def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float,
+                settle_seconds: float = SLURM_SETTLE_SECONDS):
+    """Yield each job once it has ended (see `has_ended`), in the order they end. A SLURM job that ended
+    without a result must look ended for `settle_seconds` on end, so a requeue in progress is waited for."""
+    waiting, over_since = list(jobs), {}
     while waiting:
-        ended = [job for job in waiting if has_ended(job, executor)]
+        ended = []
+        for job in waiting:
+            if not has_ended(job, executor):
+                over_since.pop(job.job_id, None)
+            elif executor != "slurm" or job.paths.result_pickle.exists():
+                ended.append(job)
+            elif time.monotonic() - over_since.setdefault(job.job_id, time.monotonic()) >= settle_seconds:
+                ended.append(job)
         for job in ended:
             waiting.remove(job)
             yield job

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,31 @@ def test_the_controller_state_is_read_from_scontrol(monkeypatch):
     monkeypatch.setattr(launch.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
         command, 1, stdout="", stderr="slurm_load_jobs error: Invalid job id specified"))
     assert launch.slurm_controller_state("3_0") is None
+
+
+class _RequeuedJob(_EndedAttempt):
+    """A job whose controller shows the ended attempt (FAILED) for a moment, then the requeued one."""
+
+    def __init__(self, folder: Path, states: list[str]) -> None:
+        super().__init__(folder)
+        self.states = states
+
+
+def test_a_job_that_looks_over_for_a_moment_is_waited_for(tmp_path, monkeypatch):
+    job = _RequeuedJob(tmp_path, ["FAILED", "FAILED", "PENDING", "PENDING", "RUNNING"])
+
+    def controller(job_id):
+        if job.states:
+            return job.states.pop(0)
+        job.paths.result_pickle.write_bytes(b"")  # the requeued attempt finished
+        return None
+    monkeypatch.setattr(launch, "slurm_controller_state", controller)
+    assert list(launch.as_they_end([job], "slurm", poll_seconds=0.01, settle_seconds=5.0)) == [job]
+    assert job.paths.result_pickle.exists(), "yielded only once the requeued attempt had written its result"
+
+
+def test_a_job_that_stays_over_ends_after_the_settle_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "slurm_controller_state", lambda job_id: "FAILED")
+    job, started = _EndedAttempt(tmp_path), time.monotonic()
+    assert list(launch.as_they_end([job], "slurm", poll_seconds=0.01, settle_seconds=0.2)) == [job]
+    assert 0.2 <= time.monotonic() - started < 5
