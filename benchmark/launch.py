@@ -166,13 +166,19 @@ def slurm_controller_state(job_id: str) -> str | None:
     return state if shown.returncode == 0 else None
 
 
+def has_a_final_answer(job: submitit.Job, executor: str) -> bool:
+    """Whether submitit's verdict on a job that looks done is final: always for local processes; on SLURM only
+    once the job wrote its result (a job without one may be a requeue in progress)."""
+    return executor != "slurm" or job.paths.result_pickle.exists()
+
+
 def has_ended(job: submitit.Job, executor: str) -> bool:
     """Whether the job is over. submitit reads SLURM's accounting (sacct), which can show a requeued job's
     ended attempt (FAILED) before the requeue reaches it, and caches that verdict; a job without a result is
     therefore over only once the controller, which requeued it, no longer has it queued or running."""
     if not job.done():
         return False
-    if executor != "slurm" or job.paths.result_pickle.exists():
+    if has_a_final_answer(job, executor):
         return True
     return slurm_controller_state(job.job_id) not in SLURM_ALIVE_STATES
 
@@ -192,7 +198,7 @@ def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float,
         for job in waiting:
             if not has_ended(job, executor):
                 over_since.pop(job.job_id, None)
-            elif executor != "slurm" or job.paths.result_pickle.exists():
+            elif has_a_final_answer(job, executor):
                 ended.append(job)
             elif time.monotonic() - over_since.setdefault(job.job_id, time.monotonic()) >= settle_seconds:
                 ended.append(job)
