@@ -166,42 +166,22 @@ def slurm_controller_state(job_id: str) -> str | None:
     return state if shown.returncode == 0 else None
 
 
-def has_a_final_answer(job: submitit.Job, executor: str) -> bool:
-    """Whether submitit's verdict on a job that looks done is final: always for local processes; on SLURM only
-    once the job wrote its result (a job without one may be a requeue in progress)."""
-    return executor != "slurm" or job.paths.result_pickle.exists()
-
-
 def has_ended(job: submitit.Job, executor: str) -> bool:
-    """Whether the job is over. submitit reads SLURM's accounting (sacct), which can show a requeued job's
-    ended attempt (FAILED) before the requeue reaches it, and caches that verdict; a job without a result is
-    therefore over only once the controller, which requeued it, no longer has it queued or running."""
+    """Whether the job is over. On SLURM, submitit judges from the accounting (sacct, which slurmdbd fills
+    asynchronously) and keeps a "finished" verdict for good; a job without a result is over only once the
+    controller, which does the requeueing, no longer has it queued or running."""
     if not job.done():
         return False
-    if has_a_final_answer(job, executor):
+    if executor != "slurm" or job.paths.result_pickle.exists():
         return True
     return slurm_controller_state(job.job_id) not in SLURM_ALIVE_STATES
 
 
-# how long a SLURM job without a result must look over before it counts as over: a requeue passes through
-# states (the ended attempt's, COMPLETING) within seconds, and the controller may briefly show the attempt's end
-SLURM_SETTLE_SECONDS = 60.0
-
-
-def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float,
-                settle_seconds: float = SLURM_SETTLE_SECONDS):
-    """Yield each job once it has ended (see `has_ended`), in the order they end. A SLURM job that ended
-    without a result must look ended for `settle_seconds` on end, so a requeue in progress is waited for."""
-    waiting, over_since = list(jobs), {}
+def as_they_end(jobs: list[submitit.Job], executor: str, poll_seconds: float):
+    """Yield each job once it has ended (see `has_ended`), in the order they end."""
+    waiting = list(jobs)
     while waiting:
-        ended = []
-        for job in waiting:
-            if not has_ended(job, executor):
-                over_since.pop(job.job_id, None)
-            elif has_a_final_answer(job, executor):
-                ended.append(job)
-            elif time.monotonic() - over_since.setdefault(job.job_id, time.monotonic()) >= settle_seconds:
-                ended.append(job)
+        ended = [job for job in waiting if has_ended(job, executor)]
         for job in ended:
             waiting.remove(job)
             yield job

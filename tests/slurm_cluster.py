@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")  # slurmdbd's connections use munge's default socket
+# job credentials live this long; SLURM holds a requeued job back for as long (cred_expire + 1 s), because the
+# node refuses ("Job credential revoked") an attempt of a job whose earlier credential it has revoked. The
+# default is 120 s; 10 s keeps the requeue test short and leaves the delay itself in place.
+CREDENTIAL_LIFETIME_S = 10
 BINARIES = ("munged", "munge", "mariadb-install-db", "mariadbd", "mariadb", "slurmdbd", "slurmctld", "slurmd",
             "sbatch", "srun", "squeue", "sacct", "sacctmgr", "scontrol", "sinfo")
 START_TIMEOUT_S = 90
@@ -160,7 +164,7 @@ def _start_daemons(cluster: Cluster, root: Path, host: str, db_port: int, dbd_po
     (root / "slurm.conf").write_text("\n".join([
         "ClusterName=benchtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
         f"SlurmdPort={slurmd_port}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-        "CredType=cred/munge", f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
+        "CredType=cred/munge", f"AuthInfo=cred_expire={CREDENTIAL_LIFETIME_S}", f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
         f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
         f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.log'}",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
