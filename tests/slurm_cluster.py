@@ -164,7 +164,8 @@ def _start_daemons(cluster: Cluster, root: Path, host: str, db_port: int, dbd_po
     (root / "slurm.conf").write_text("\n".join([
         "ClusterName=benchtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={ctld_port}",
         f"SlurmdPort={slurmd_port}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-        "CredType=cred/munge", f"AuthInfo=cred_expire={CREDENTIAL_LIFETIME_S}", f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
+        "CredType=cred/munge", f"AuthInfo=cred_expire={CREDENTIAL_LIFETIME_S}",
+        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
         f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
         f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.log'}",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",

@@ -81,7 +81,7 @@ def what_happened(cluster, work: Path, job: str, launcher_log: Path) -> str:
     for log in sorted((work / "logs" / "launch" / "submitit").glob(f"{job}_*log.*")):
         parts.append(f"{log.name}:\n" + "\n".join(log.read_text().splitlines()[-15:]))
     controller = (cluster.root / "slurmctld.log").read_text().splitlines()
-    parts.append("slurmctld.log:\n" + "\n".join(line for line in controller if f"JobId={job}" in line))
+    parts.append("slurmctld.log:\n" + "\n".join(line for line in controller if re.search(rf"JobId={job}\b", line)))
     return "\n".join(parts)
 
 
