@@ -11,7 +11,7 @@ key, the value and what is allowed:
 
 Checks that need more than the file (the prepared data, a method's label kinds and options, the
 machine's devices, the encoder weights) run at the start of the stage that needs them, before it
-touches an output (benchmark.train, benchmark.evaluate).
+touches an output (benchmark.training.train, benchmark.evaluation.evaluate).
 """
 import importlib.util
 import pkgutil
@@ -304,7 +304,7 @@ class Params(Section):
     runs: Annotated[dict[RunName, Run], Field(description="a mapping of run names to runs (method, strong_fraction, "
                                                           "...)")]
     report: Report
-    launch: Launch  # read by benchmark.launch only; no DVC stage depends on it
+    launch: Launch  # read by benchmark.tools.launch only; no DVC stage depends on it
 
 
 def _validate(model: type[BaseModel], payload: Any, source: str, prefix: tuple = ()) -> BaseModel:
@@ -407,7 +407,7 @@ def check_trained_as(spec: RunSpec, info: dict[str, Any], info_path: Path) -> No
                           f"{'; '.join(differs)}. Re-train it (dvc repro train@{spec.name}) or restore the entry.")
 
 
-# -- params.yaml `launch`: how `python -m benchmark.launch` hands the training runs to submitit ----------------
+# -- params.yaml `launch`: how `python -m benchmark launch` hands the training runs to submitit ----------------
 @dataclass(frozen=True)
 class SlurmSettings:
     """One SLURM job array: one array task per run, at most `max_parallel` running at once."""

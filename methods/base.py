@@ -1,4 +1,4 @@
-"""The contract every method implements, and the batch it receives. Nothing else.
+"""The contract every method implements (the batch it receives is in benchmark/contract.py). Nothing else.
 
 A method builds its network(s) in `build`, turns one batch into named loss terms in
 `training_step` (the trainer back-propagates their sum), and returns segmentation
@@ -7,63 +7,14 @@ logits in `predict`. Optional hooks let a method run extra stages inside its own
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # only for type hints: methods never import the trainer
-    from benchmark.sampling import BatchSampler, TrainingSet
+from benchmark.contract import Batch, TrainContext
 
-
-@dataclass
-class Batch:
-    """One training batch, already on the training device.
-
-    images:    (B, 1, H, W) float, normalised
-    masks:     (B, 1, H, W) float {0, 1}; all zeros for weak images (their mask is not a label)
-    boxes:     (B, 1, H, W) float {0, 1}: filled boxes (the weak label); 1 - boxes is the paper's y^w
-    is_strong: (B,) bool: which images carry a mask label
-    indices:   (B,) long: positions in the training set, stable across steps (for per-image state)
-    extra:     name -> (B, 1, H, W) float: per-image layers a method registered on the training set
-               (e.g. a box-derived target), gathered and flipped with the batch
-    """
-
-    images: torch.Tensor
-    masks: torch.Tensor
-    boxes: torch.Tensor
-    is_strong: torch.Tensor
-    indices: torch.Tensor
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class TrainContext:
-    """What a method may use before training starts (`on_train_start`): the data and the protocol.
-
-    training_set: every training image of the run on the device (`.images`, `.masks`, `.boxes`
-                  uint8 (N, 1, H, W), `.is_strong` (N,) bool); `register_layer` adds a per-image layer
-    make_sampler: (uses_strong, uses_weak, seed) -> a BatchSampler over the same set, for extra stages
-    train_params: params.yaml `train`; total_steps / steps_per_epoch / epochs: the run's schedule
-    learning_rate: global step -> the optimiser's learning rate during that step (None: constant, `train.lr`)
-    """
-
-    training_set: "TrainingSet"
-    make_sampler: Callable[[bool, bool, int], "BatchSampler"]
-    train_params: dict[str, Any]
-    device: torch.device
-    epochs: int
-    steps_per_epoch: int
-    seed: int
-    learning_rate: Callable[[int], float] | None = None
-
-    def lr_at(self, step: int) -> float:
-        return self.learning_rate(step) if self.learning_rate is not None else float(self.train_params["lr"])
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+__all__ = ["Batch", "TrainContext", "OptionError", "SegmentationMethod"]
 
 
 class OptionError(ValueError):

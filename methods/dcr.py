@@ -66,9 +66,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
-from benchmark.losses import EPS, full_precision, mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.box_targets import KINDS as BOX_KINDS
+from benchmark.nn.box_targets import box_target_of, register_box_target
+from benchmark.nn.losses import EPS, full_precision, mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 

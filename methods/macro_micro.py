@@ -52,9 +52,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
-from benchmark.losses import EPS, full_precision, mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.box_targets import KINDS as BOX_KINDS
+from benchmark.nn.box_targets import box_target_of, register_box_target
+from benchmark.nn.losses import EPS, full_precision, mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 

@@ -16,8 +16,8 @@ Follows the paper:
 - spatial prompting module (SPM): the uncertainty map U = 1 - sigmoid(Dec_a logits) is multiplied into
   f_r before Dec_s; order encoder -> FD -> Dec_a -> U -> f_r * U -> Dec_s [§2.3];
 - loss (Eq. 3): L = L_ppa(seg) + L_ppa(aux) + L_percept(aux); L_ppa is the F3Net pixel-position-aware
-  structure loss (Eq. 1, `benchmark.losses.structure_loss`), L_percept = 1 - TN / (TN + FP) (Eq. 2,
-  `benchmark.losses.perception_loss`), where the aux logit is the probability of *definite background*.
+  structure loss (Eq. 1, `benchmark.nn.losses.structure_loss`), L_percept = 1 - TN / (TN + FP) (Eq. 2,
+  `benchmark.nn.losses.perception_loss`), where the aux logit is the probability of *definite background*.
   The terms are returned separately ("seg_ppa", "aux_ppa", "aux_percept"), so the training log shows them;
 - prediction: Dec_s logits (Dec_a still runs, since the prompt needs it).
 
@@ -43,7 +43,7 @@ Ours, where the paper is silent (each is an option unless stated):
 - `detach_prompt`: false (default) lets the segmentation loss back-propagate through U into Dec_a and
   f_o; true stops it there.
 - soft counts in Eq. 2: TN = sum((1-p)(1-y^w)), FP = sum(p(1-y^w)) over the pixels inside the boxes,
-  per image, then the batch mean; an image without any box pixel contributes 0 (see benchmark.losses).
+  per image, then the batch mean; an image without any box pixel contributes 0 (see benchmark.nn.losses).
 - the segmentation loss inside a mixed batch is the mean of L_ppa over the strong images of the batch
   (per-image weight = is_strong; 0 when a batch has none). Dec_s still runs on every image of the batch
   (one forward pass over the concatenated batch), so its batch-norm statistics see strong and weak images.
@@ -60,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.losses import perception_loss, structure_loss
-from benchmark.networks import UnetBranch, build_encoder
+from benchmark.nn.losses import perception_loss, structure_loss
+from benchmark.nn.networks import UnetBranch, build_encoder
 from methods import register
 from methods.base import Batch, SegmentationMethod
 

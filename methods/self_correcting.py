@@ -28,7 +28,7 @@ Ours, where the source is silent or does not fit this benchmark (each an option)
 - `restrict_to_box: true`: q is set to 0 (background) outside the weak image's boxes; the study's
   `false` (q from the fused logits everywhere) scored 43.60 +- 0.95 (+0.31, a tie: true stays);
 - `box_target`: how the box map fed to the ancillary (and the region of q) is drawn: `filled`
-  (default, the source's box mask), `ellipse` or `grabcut` (benchmark.box_targets);
+  (default, the source's box mask), `ellipse` or `grabcut` (benchmark.nn.box_targets);
 - the ancillary is smp's U-Net of the configured encoder (same weights policy as every method) whose
   first convolution gets a 2nd input channel, initialised at zero; it trains for
   `ancillary_step_fraction` x the run's total steps (default 0.5) on strong batches with its own Adam
@@ -46,9 +46,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.box_targets import KINDS as BOX_KINDS, box_target_of, register_box_target
-from benchmark.losses import mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.box_targets import KINDS as BOX_KINDS
+from benchmark.nn.box_targets import box_target_of, register_box_target
+from benchmark.nn.losses import mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 

@@ -7,14 +7,14 @@ Ours, where the paper is silent:
 - `loss`: "structure" (the F3Net pixel-position-aware loss, the same loss the paper's own
   segmentation branch uses, so the comparison isolates the use of boxes); "bce_dice" and
   "bce" are options;
-- `bce_weighting`: "weighted" (Eq. 1) or "released" (F3Net's code), see benchmark.losses.
+- `bce_weighting`: "weighted" (Eq. 1) or "released" (F3Net's code), see benchmark.nn.losses.
 """
 from __future__ import annotations
 
 import torch
 
-from benchmark.losses import mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.losses import mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod
 

@@ -31,11 +31,11 @@ Our reconstruction (each an option below, unless it is the shared protocol):
   "all" 31.18 +- 0.58 against "own" 30.64 +- 3.37 (both without a neck), +0.54: a tie, the
   reference "own" stays.
 - `loss`: "structure" (F3Net loss, as Strong-Only; the source uses cross-entropy),
-  "bce_dice" or "bce"; `bce_weighting` as in benchmark.losses. Terms are named
+  "bce_dice" or "bce"; `bce_weighting` as in benchmark.nn.losses. Terms are named
   "strong_<term>" and "weak_<term>"; each is the per-image mean over its own kind (zero when
   a batch lacks that kind). `weak_weight` (default 1.0) scales the weak terms: the total
   is strong + weak_weight * weak.
-- `box_target`: "filled" (default), "ellipse" or "grabcut" (benchmark.box_targets),
+- `box_target`: "filled" (default), "ellipse" or "grabcut" (benchmark.nn.box_targets),
   computed once before training for the weak images and carried by the batches as the
   training-set layer "box_target" (flipped with its image); not needed to predict.
 - Protocol: the share of strong images in a batch is the shared train.strong_share; the
@@ -48,9 +48,9 @@ import torch
 from segmentation_models_pytorch.base import initialization as smp_init
 from torch import nn
 
-from benchmark.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
-from benchmark.losses import mask_loss
-from benchmark.networks import UnetBranch, build_encoder
+from benchmark.nn.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
+from benchmark.nn.losses import mask_loss
+from benchmark.nn.networks import UnetBranch, build_encoder
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 

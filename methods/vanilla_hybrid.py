@@ -6,11 +6,11 @@ Follows the paper: one U-Net, ResNet encoder, strong images supervised by their 
 weak images by a target made from their boxes, with no distinction between the two in
 the loss; the common protocol (Adam, poly decay, flips).
 Ours, where the paper is silent (each an option below, unless it is the shared protocol):
-- `box_target`: "filled" (default), "ellipse" or "grabcut" (benchmark.box_targets),
+- `box_target`: "filled" (default), "ellipse" or "grabcut" (benchmark.nn.box_targets),
   computed once before training for the weak images and carried by the batches as the
   training-set layer "box_target" (flipped with its image); not needed to predict.
 - `loss`: "structure" (F3Net loss, as Strong-Only), "bce_dice" or "bce"; `bce_weighting`
-  as in benchmark.losses.
+  as in benchmark.nn.losses.
 - "Alike" means one per-image loss averaged over the whole batch. It is logged as two
   terms, "strong_<term>" and "weak_<term>": each kind's per-image mean (per-image weights
   is_strong / ~is_strong) scaled by that kind's share of the batch, so their sum is exactly
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
-from benchmark.losses import mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
+from benchmark.nn.losses import mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
 

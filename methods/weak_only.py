@@ -7,11 +7,11 @@ Follows the paper: one U-Net, ResNet encoder, only box labels, the common protoc
 Ours, where the paper is silent (each an option below):
 - `box_target`: how a box becomes a pixel target: "filled" (default, the filled box),
   "ellipse" (the ellipse inscribed in each box) or "grabcut" (OpenCV GrabCut inside each
-  box), see benchmark.box_targets. Non-filled targets are computed once, before training,
+  box), see benchmark.nn.box_targets. Non-filled targets are computed once, before training,
   on the unflipped training images and registered as the training-set layer "box_target",
   so batches carry them flipped with their images; nothing of it is needed to predict.
 - `loss`: "structure" (the F3Net loss, as Strong-Only, so the rows differ only in the
-  labels they use); "bce_dice" and "bce" are options. `bce_weighting`: see benchmark.losses.
+  labels they use); "bce_dice" and "bce" are options. `bce_weighting`: see benchmark.nn.losses.
 - Every image of a batch is supervised by its box target; the loss terms are named
   "weak_<term>". Masks are never read.
 """
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
-from benchmark.losses import mask_loss
-from benchmark.networks import build_unet
+from benchmark.nn.box_targets import BOX_METHOD_CHOICES, box_target_of, prefixed, register_box_target
+from benchmark.nn.losses import mask_loss
+from benchmark.nn.networks import build_unet
 from methods import register
 from methods.base import Batch, SegmentationMethod, TrainContext
+
 
 @register
 class WeakOnly(SegmentationMethod):

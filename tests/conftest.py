@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.prepare import synthetic_domains
-from benchmark.data import load_prepared, write_prepared
+from benchmark.data.prepare import synthetic_domains
+from benchmark.data.prepared import load_prepared, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,12 @@ def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> 
     params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast)
     params["model"]["decoder_channels"] = [16, 16, 8, 8, 8]
     params["train"].update(epochs=1, batch_size=4)
-    params["train"]["checkpoint_every_s"] = 0  # tiny epochs last under a second: checkpoint after each, as resume tests need
+    # tiny epochs last under a second: checkpoint after each, as resume tests need
+    params["train"]["checkpoint_every_s"] = 0
     params["seeds"] = [0]  # one seed keeps the end-to-end tests short; tests of several seeds set their own
     # the two Strong-Only rows are enough to exercise the pipeline; every method has its own tests
-    params["runs"] = {name: run for name, run in params["runs"].items() if name in ("strong_only_100", "strong_only_10")}
+    params["runs"] = {name: run for name, run in params["runs"].items()
+                      if name in ("strong_only_100", "strong_only_10")}
     return params
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.artifacts import file_sha256
-from benchmark.data import PreparedData
+from benchmark.data.prepared import PreparedData
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from benchmark.config import RunSpec
-from benchmark.evaluate import evaluate_run
-from benchmark.losses import bce_loss, mask_loss, structure_loss
-from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import build_method, train_run
+from benchmark.evaluation.evaluate import evaluate_run
+from benchmark.nn.losses import mask_loss, structure_loss
+from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.train import build_method, train_run
 from methods.base import Batch, TrainContext
 from methods.dcr import DCR
 from methods.macro_micro import MacroMicro

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.box_targets import BOX_TARGET_LAYER, box_targets
 from benchmark.config import RunSpec
-from benchmark.data import box_map, component_boxes
-from benchmark.losses import structure_loss
-from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import train_run
+from benchmark.data.prepared import box_map, component_boxes
+from benchmark.nn.box_targets import BOX_TARGET_LAYER, box_targets
+from benchmark.nn.losses import structure_loss
+from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.train import train_run
 from methods import get_method
 from methods.base import TrainContext
 from methods.strong_weak import StrongWeak

@@ -1,8 +1,8 @@
-"""benchmark.bench_threads: the schedules a run's seeds can take, as the trainer would run them."""
+"""benchmark.tools.bench_threads: the schedules a run's seeds can take, as the trainer would run them."""
 import pytest
 
-from benchmark.bench_threads import main, schedules
-from benchmark.train import seed_schedule
+from benchmark.tools.bench_threads import main, schedules
+from benchmark.training.train import seed_schedule
 
 
 def test_schedules_are_waves_of_concurrent_seeds():

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from benchmark.box_targets import box_target, box_targets
-from benchmark.data import box_map
+from benchmark.data.prepared import box_map
+from benchmark.nn.box_targets import box_target, box_targets
 
 
 def test_filled_and_ellipse_stay_inside_the_box():

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.data import DomainArrays, assign_split_and_rank, load_prepared, write_prepared
+from benchmark.data.prepared import DomainArrays, assign_split_and_rank, load_prepared, write_prepared
 
 
 def test_split_is_persisted_and_disjoint(tiny_data, tiny_prepared):

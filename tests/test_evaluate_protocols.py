@@ -11,11 +11,11 @@ from py_sod_metrics import DICEHandler, FmeasureV2, Smeasure
 
 from benchmark.artifacts import read_json
 from benchmark.config import RunSpec
-from benchmark.data import load_prepared
-from benchmark.evaluate import evaluate_run
-from benchmark.metrics import authors_prediction_map
-from benchmark.sampling import normalise
-from benchmark.train import build_method, train_run
+from benchmark.data.prepared import load_prepared
+from benchmark.evaluation.evaluate import evaluate_run
+from benchmark.evaluation.metrics import authors_prediction_map
+from benchmark.training.sampling import normalise
+from benchmark.training.train import build_method, train_run
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from benchmark.losses import box_mean, mask_loss, scaled_window, structure_window, window_for
-from benchmark.sampling import BatchSampler
+from benchmark.nn.losses import box_mean, mask_loss, scaled_window, structure_window, window_for
+from benchmark.training.sampling import BatchSampler
 from methods import get_method
 from methods.base import TrainContext
 from tests.conftest import REPO, tiny_params

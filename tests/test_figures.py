@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import figures
+from benchmark.reporting import figures
 
 
 def red_pixels(path) -> int:

@@ -1,4 +1,5 @@
-"""benchmark.heldout: fresh synthetic images re-score trained runs; the pipeline's own generator seed is refused."""
+"""benchmark.tools.heldout: fresh synthetic images re-score trained runs; the pipeline's own generator seed is
+refused."""
 from __future__ import annotations
 
 import copy
@@ -9,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from benchmark import heldout
 from benchmark.config import ConfigError, run_spec
-from benchmark.evaluate import evaluate_run, predict_probabilities
-from benchmark.metrics import dice
-from benchmark.synthetic import generate_domain
-from benchmark.train import build_method, train_run
+from benchmark.data.synthetic import generate_domain
+from benchmark.evaluation.evaluate import evaluate_run, predict_probabilities
+from benchmark.evaluation.metrics import dice
+from benchmark.tools import heldout
+from benchmark.training.train import build_method, train_run
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The hostile trials of issue 16, one test (or parameter) per row of its table, on the tiny configuration.
 
-Each trial is run as a user runs it, `python -m benchmark.<stage> ...` (in this process through runpy, so
-the `__main__` block and its error handling are the real ones; one trial is a real second process), and
+Each trial is run as a user runs it, `python -m benchmark <stage> ...` (in this process through the suite's
+command, benchmark/__main__.py, so the dispatch and the error handling are the real ones; one trial is a real
+second process), and
 must end either in a correct result or in one line that names the key, the value and what is allowed,
 with a non-zero exit status and no traceback. A few trials read what a stage left on disk.
 """
@@ -10,14 +11,12 @@ from __future__ import annotations
 import copy
 import io
 import os
-import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
-import warnings
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -27,38 +26,34 @@ import pytest
 import torch
 import yaml
 
-import benchmark.train as trainer
-from benchmark.config import RunSpec, run_spec
-from benchmark.data import load_prepared
-from benchmark.evaluate import evaluate_run
-from benchmark.networks import WeightsUnavailableError, build_unet
-from benchmark.train import CHECKPOINT_NAME, train_run
-from tests.conftest import REPO, edited_params as edited
+import benchmark.training.train as trainer
+from benchmark.__main__ import main as suite_command
+from benchmark.config import run_spec
+from benchmark.data.prepared import load_prepared
+from benchmark.evaluation.evaluate import evaluate_run
+from benchmark.nn.networks import WeightsUnavailableError, build_unet
+from benchmark.training.train import CHECKPOINT_NAME, train_run
+from tests.conftest import REPO
+from tests.conftest import edited_params as edited
 from tests.fake_runs import fabricate_run
 
 RUN = "strong_only_100"
 
 
-def run_stage(module: str, *args: str) -> tuple[int, str]:
-    """`python -m benchmark.<module> args...` in this process: (exit status, stderr). An exception that escapes
+def run_stage(command: str, *args: str) -> tuple[int, str]:
+    """`python -m benchmark <command> args...` in this process: (exit status, stderr). An exception that escapes
     the entry point is what the interpreter would print, a traceback, with status 1."""
-    argv, stderr = sys.argv, io.StringIO()
-    sys.argv = [f"benchmark/{module}.py", *map(str, args)]
-    try:
-        with redirect_stderr(stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
-            try:
-                runpy.run_module(f"benchmark.{module}", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exit:
-                code = exit.code if isinstance(exit.code, int) else 1
-                if isinstance(exit.code, str):
-                    print(exit.code, file=sys.stderr)
-            except Exception:  # noqa: BLE001 - the interpreter's behaviour for an uncaught exception
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = argv
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        try:
+            code = suite_command([command, *map(str, args)])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - the interpreter's behaviour for an uncaught exception
+            traceback.print_exc()
+            code = 1
     return code, stderr.getvalue()
 
 
@@ -186,11 +181,12 @@ def test_a_method_that_trains_on_masks_gets_at_least_one_strong_image(one_run, t
 
 
 def test_the_real_command_line_prints_one_line_and_exits_non_zero(one_run, tmp_path):
-    """The same as above through a real `python -m benchmark.train` process."""
+    """The same as above through a real `python -m benchmark train` process."""
     params, prepared, _ = one_run
     params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.epochs": 0}))
-    result = subprocess.run([sys.executable, "-m", "benchmark.train", RUN, "--params", str(params_file), "--prepared",
-                             str(prepared), "--out", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "benchmark", "train", RUN, "--params", str(params_file),
+                             "--prepared", str(prepared), "--out", str(tmp_path / "runs")], cwd=REPO,
+                            capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [f"{params_file}: train.epochs = 0: must be an integer >= 1"]
@@ -324,12 +320,12 @@ def test_random_bytes_inside_a_checkpoint_discard_it_and_the_run_starts_over(one
 
 
 def test_a_second_trainer_of_the_same_run_stops_at_once(one_run, tmp_path):
-    """Two `python -m benchmark.train <same run>` at once: one crashed on the checkpoint rename."""
+    """Two `python -m benchmark train <same run>` at once: one crashed on the checkpoint rename."""
     params, prepared, _ = one_run
     params = edited(params, {"train.epochs": 30, "train.checkpoint_dir": str(tmp_path / "ck")})
     params_file = write_params(tmp_path / "params.yaml", params)
     args = stage_args("train", params_file, prepared, tmp_path / "runs")
-    first = subprocess.Popen([sys.executable, "-m", "benchmark.train", *map(str, args)], cwd=REPO,
+    first = subprocess.Popen([sys.executable, "-m", "benchmark", "train", *map(str, args)], cwd=REPO,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:

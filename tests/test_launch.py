@@ -1,4 +1,4 @@
-"""benchmark.launch without a cluster: the `launch:` settings and their flags, how local slots share the runs,
+"""benchmark.tools.launch without a cluster: the `launch:` settings and their flags, how local slots share the runs,
 and the sbatch script submitit generates from our settings (array size, concurrency cap, resources); when a
 SLURM job counts as over (a requeued one is not, whatever the accounting says)."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import yaml
 from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
 
-from benchmark import launch
 from benchmark.config import ConfigError, launch_settings, load_params
+from benchmark.tools import launch
 from tests.conftest import REPO
 
 
@@ -134,7 +134,8 @@ def test_a_requeued_slurm_job_is_not_over_until_the_controller_says_so(tmp_path,
 
 
 def test_the_controller_state_is_read_from_scontrol(monkeypatch):
-    shown = "JobId=4 ArrayJobId=3 ArrayTaskId=0 JobName=benchmark-train\n   JobState=PENDING Reason=BeginTime Restarts=1"
+    shown = ("JobId=4 ArrayJobId=3 ArrayTaskId=0 JobName=benchmark-train\n"
+             "   JobState=PENDING Reason=BeginTime Restarts=1")
     calls = []
 
     def fake_run(command, **kwargs):

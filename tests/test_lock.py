@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from importlib import metadata
 
 import pytest
+import tomllib
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -127,7 +127,7 @@ class _Recorded:
 
 
 def test_report_summary_says_whether_the_runs_used_the_locked_versions(tmp_path):
-    from benchmark.report import _software_line
+    from benchmark.reporting.summary import _software_line
 
     pins = {name: str(version) for name, (version, _, _) in lock_entries().items()}
     recorded = {"python": "3.11.7", "torch": pins["torch"], "segmentation-models-pytorch":

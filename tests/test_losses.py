@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.losses import bce_loss, dice_loss, perception_loss, structure_loss
+from benchmark.nn.losses import bce_loss, dice_loss, perception_loss, structure_loss
 
 
 def sigmoid(x):
@@ -174,7 +174,7 @@ def test_bce_and_dice_by_hand():
 def test_box_mean_equals_the_zero_padded_average_pool():
     import torch.nn.functional as F
 
-    from benchmark.losses import box_mean
+    from benchmark.nn.losses import box_mean
 
     torch.manual_seed(0)
     for shape in [(2, 1, 40, 33), (1, 1, 96, 96)]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from py_sod_metrics import Smeasure
 
-from benchmark.metrics import authors_prediction_map, authors_scores, dice, smeasure
+from benchmark.evaluation.metrics import authors_prediction_map, authors_scores, dice, smeasure
 
 
 def block(size=8, rows=slice(0, 4), cols=slice(0, 4)):

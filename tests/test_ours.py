@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import methods.ours as ours_module
-from benchmark.losses import perception_loss, structure_loss
+from benchmark.nn.losses import perception_loss, structure_loss
 from methods import get_method
 from methods.base import Batch
 from tests.conftest import tiny_params

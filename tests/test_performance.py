@@ -1,6 +1,6 @@
 """The speed benchmark and the device-resident batch path (issue: GPU-resident training).
 
-- `benchmark.bench_performance` writes a table with images/s, efficiency and a projection;
+- `benchmark.tools.bench_performance` writes a table with images/s, efficiency and a projection;
 - batches built on the device (index gather + per-sample flips) equal an independent numpy
   construction for a fixed seed, on CPU and, where a GPU is visible, on CUDA too.
 """
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import bench_performance
-from benchmark.sampling import BatchSampler, TrainingSet, normalise
-from benchmark.runtime import cpu_has_native_bf16
-from benchmark.train import Numerics
+from benchmark.tools import bench_performance
+from benchmark.training.runtime import cpu_has_native_bf16
+from benchmark.training.sampling import BatchSampler, TrainingSet, normalise
+from benchmark.training.train import Numerics
 
 
 def arrays(n=12, size=16, seed=0):

@@ -21,6 +21,7 @@ import yaml
 
 from tests.conftest import REPO, make_pipeline_copy
 
+
 def readme_method_example() -> str:
     """The code block of README "Add a method", verbatim: the test follows the README literally."""
     readme = (REPO / "README.md").read_text()
@@ -103,8 +104,8 @@ def test_killed_stage_leaves_nothing_complete_and_resumes(pipeline_copy: Path):
     row = next(line for line in shown.splitlines() if line.startswith("runs/strong_only_100/metrics.json"))
     assert set(row.split()[1:]) == {"-"}, f"dvc metrics show lists no values for the run: {row}"
     assert "train@strong_only_100" in run(["dvc", "status"], work), "DVC does not take the killed stage as done"
-    report = subprocess.run(["python", "-m", "benchmark.report", "--out", str(work / "report_check" / "tables.md")], cwd=work,
-                            env=env, capture_output=True, text=True)
+    report = subprocess.run(["python", "-m", "benchmark", "report", "--out", str(work / "report_check" / "tables.md")],
+                            cwd=work, env=env, capture_output=True, text=True)
     assert report.returncode != 0 and "strong_only_100" in report.stderr, "the report refuses an unfinished run"
 
     resumed = run(["dvc", "repro"], work)
@@ -124,12 +125,12 @@ def test_local_executor_gives_what_dvc_repro_gives_and_dvc_records_it(pipeline_c
     expected = {name: (work / "runs" / name / "per_image.csv").read_bytes() for name in LAUNCHED}
     for name in LAUNCHED:  # the train stages are stale now: their outputs are gone
         shutil.rmtree(work / "runs" / name)
-    out = run(["python", "-m", "benchmark.launch", "--executor", "local", "--per-gpu", "2", "--poll-seconds", "1"],
+    out = run(["python", "-m", "benchmark", "launch", "--executor", "local", "--per-gpu", "2", "--poll-seconds", "1"],
               work)
     assert "training 2 run(s), 2 at a time on this machine" in out and "trained and committed 2 run(s)" in out
     for name in LAUNCHED:
         assert f"{name}: done on " in out and f"log logs/launch/{name}.log" in out
-        assert f"python -m benchmark.train {name} on " in (work / "logs" / "launch" / f"{name}.log").read_text()
+        assert f"python -m benchmark train {name} on " in (work / "logs" / "launch" / f"{name}.log").read_text()
     status = run(["dvc", "status"], work)
     assert not any(f"train@{name}:" in status for name in LAUNCHED), "dvc commit recorded the launched runs"
     assert "evaluate@strong_only_100" in status
@@ -139,7 +140,7 @@ def test_local_executor_gives_what_dvc_repro_gives_and_dvc_records_it(pipeline_c
         assert (work / "runs" / name / "per_image.csv").read_bytes() == expected[name], \
             f"{name}: the launcher's training gives dvc repro's per-image results"
     assert "changed" not in run(["dvc", "status"], work)
-    assert "nothing to launch" in run(["python", "-m", "benchmark.launch"], work)
+    assert "nothing to launch" in run(["python", "-m", "benchmark", "launch"], work)
 
 
 def test_a_killed_local_job_resumes_when_launched_again(pipeline_copy: Path):
@@ -150,9 +151,9 @@ def test_a_killed_local_job_resumes_when_launched_again(pipeline_copy: Path):
     params["train"]["epochs"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     checkpoint = work / "checkpoints" / "strong_only_10" / "seed_0" / "last.pt"
-    launcher = subprocess.Popen(["python", "-m", "benchmark.launch", "--runs", "strong_only_10", "--poll-seconds", "1"],
-                                cwd=work, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(["python", "-m", "benchmark", "launch", "--runs", "strong_only_10",
+                                 "--poll-seconds", "1"], cwd=work, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not checkpoint.exists() and launcher.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -161,7 +162,7 @@ def test_a_killed_local_job_resumes_when_launched_again(pipeline_copy: Path):
     assert checkpoint.exists(), "the job was killed after its first epoch"
     assert "train@strong_only_10:" in run(["dvc", "status"], work), "a killed job is not committed"
 
-    out = run(["python", "-m", "benchmark.launch", "--runs", "strong_only_10", "--poll-seconds", "1"], work)
+    out = run(["python", "-m", "benchmark", "launch", "--runs", "strong_only_10", "--poll-seconds", "1"], work)
     assert "trained and committed 1 run(s)" in out
     assert "resumed after epoch" in (work / "logs" / "launch" / "strong_only_10.log").read_text()
     info = json.loads((work / "runs" / "strong_only_10" / "train_info.json").read_text())
@@ -177,7 +178,7 @@ def test_a_failed_run_is_reported_with_its_log_and_left_uncommitted(pipeline_cop
                                   "options": {"loss": "no_such_loss"}}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(work / "runs" / "strong_only_100", ignore_errors=True)
-    result = subprocess.run(["python", "-m", "benchmark.launch", "--runs", "broken_0,strong_only_100",
+    result = subprocess.run(["python", "-m", "benchmark", "launch", "--runs", "broken_0,strong_only_100",
                              "--per-gpu", "2", "--poll-seconds", "1"], cwd=work, capture_output=True, text=True,
                             timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     assert result.returncode == 1

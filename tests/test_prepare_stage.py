@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from benchmark.config import ConfigError
-from benchmark.data import load_prepared
-from benchmark.prepare import main as prepare_main
+from benchmark.data.prepare import main as prepare_main
+from benchmark.data.prepared import load_prepared
 from tests.conftest import tiny_params
 from tests.test_real_cbis import EXACT, S, standard_cases, write_uid_tree
 from tests.test_real_inbreast import write_inbreast_tree

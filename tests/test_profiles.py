@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from benchmark.config import all_runs, load_params
-from benchmark.networks import WeightsUnavailableError, build_unet
-from benchmark.runtime import cpu_has_native_bf16
-from benchmark.train import Numerics, make_optimizer, poly_lr
+from benchmark.nn.networks import WeightsUnavailableError, build_unet
+from benchmark.training.runtime import cpu_has_native_bf16
+from benchmark.training.train import Numerics, make_optimizer, poly_lr
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "profiles" / "paper.yaml"

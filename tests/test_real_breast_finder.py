@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from benchmark.real.preprocess import find_breast
+from benchmark.data.real.preprocess import find_breast
 
 H, W = 1200, 720  # rows x cols, about a DDSM film's aspect ratio; found on a 512-px copy
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmark.real import RealDataError
-from benchmark.real.cbis_ddsm import group_by_image, load_cbis, read_mass_csv
-from benchmark.real.dicomio import write_dicom
-from benchmark.real.settings import real_settings
+from benchmark.data.real import RealDataError
+from benchmark.data.real.cbis_ddsm import group_by_image, load_cbis, read_mass_csv
+from benchmark.data.real.dicomio import write_dicom
+from benchmark.data.real.settings import real_settings
 
 H, W, S = 64, 32, 64  # fixture rows x cols; prepared side. Non-square on purpose: catches row/col swaps.
 HEADER = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
@@ -103,7 +103,8 @@ def standard_cases() -> list[Case]:
             study, series = fake_uid(), fake_uid()
             folder = f"{case.image_id}_{k}/{study}"
             mass.paths["crop"] = f"{folder}/{series}/000000.dcm"
-            mass.paths["roi"] = f"{folder}/{fake_uid()}/000000.dcm" if mass.own_folder else f"{folder}/{series}/000001.dcm"
+            mass.paths["roi"] = (f"{folder}/{fake_uid()}/000000.dcm" if mass.own_folder
+                                 else f"{folder}/{series}/000001.dcm")
     return cases
 
 
@@ -171,7 +172,8 @@ def write_nbia_tree(root: Path, cases: list[Case]) -> Path:
                 crop_at = folder / f"1.000000-cropped images-{next(serial)}" / "1-1.dcm"
             else:
                 one = folder / f"1.000000-ROI mask images-{next(serial)}"
-                mask_at, crop_at = (one / "1-2.dcm", one / "1-1.dcm") if index % 2 else (one / "1-1.dcm", one / "1-2.dcm")
+                first, second = one / "1-1.dcm", one / "1-2.dcm"
+                mask_at, crop_at = (second, first) if index % 2 else (first, second)
             write_dicom(mask_at, mass.mask, series_description=mass.description)
             write_dicom(crop_at, crop_pixels(index * 10 + k), series_description="cropped images")
     return root
@@ -192,7 +194,8 @@ def write_kaggle_tree(root: Path, cases: list[Case]) -> Path:
             target.write_bytes(b"not a jpeg")
         else:
             cv2.imwrite(str(target), pixels, [cv2.IMWRITE_JPEG_QUALITY, 75])
-        info.append({"file_path": f"CBIS-DDSM/dicom/{series}/{name[:-4]}.dcm", "image_path": f"CBIS-DDSM/jpeg/{series}/{name}",
+        info.append({"file_path": f"CBIS-DDSM/dicom/{series}/{name[:-4]}.dcm",
+                     "image_path": f"CBIS-DDSM/jpeg/{series}/{name}",
                      "SeriesDescription": description, "SeriesInstanceUID": series})
 
     for index, case in enumerate(c for c in cases if not c.missing):
@@ -212,7 +215,8 @@ def write_kaggle_tree(root: Path, cases: list[Case]) -> Path:
 def settings_for(root: Path, layout: str = "auto", workers: int = 1, split: str = "random", **preprocess):
     return real_settings({
         "image_size": S, "preprocess": {**EXACT, **preprocess}, "split": split,
-        "real": {"cbis_root": str(root), "inbreast_root": str(root / "inbreast"), "cbis_layout": layout, "workers": workers},
+        "real": {"cbis_root": str(root), "inbreast_root": str(root / "inbreast"), "cbis_layout": layout,
+                 "workers": workers},
     })
 
 

@@ -9,9 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.real import RealDataError
-from benchmark.real.cbis_ddsm import CSV_NAMES, load_cbis, read_mass_csv
-from tests.test_real_cbis import DATA, HEADER, Case, Mass, block, settings_for, standard_cases, widen, write_nbia_tree, write_uid_tree
+from benchmark.data.real import RealDataError
+from benchmark.data.real.cbis_ddsm import CSV_NAMES, load_cbis, read_mass_csv
+from tests.test_real_cbis import (
+    DATA,
+    HEADER,
+    Case,
+    block,
+    settings_for,
+    standard_cases,
+    widen,
+    write_nbia_tree,
+    write_uid_tree,
+)
 
 MANIFEST = "manifest-1654812109500"  # how the NBIA Data Retriever names the folder of one download
 
@@ -29,7 +39,8 @@ def nbia_download(download: Path, cases: list[Case], manifest: str = MANIFEST) -
 def test_every_level_of_an_nbia_download_is_a_root(tmp_path, level):
     cases = standard_cases()
     download = nbia_download(tmp_path / "download", cases)
-    root = {"download": download, "manifest": download / MANIFEST, "CBIS-DDSM": download / MANIFEST / "CBIS-DDSM"}[level]
+    root = {"download": download, "manifest": download / MANIFEST,
+            "CBIS-DDSM": download / MANIFEST / "CBIS-DDSM"}[level]
     arrays, report = load_cbis(settings_for(root))
     usable = [c for c in cases if not (c.missing or c.corrupt)]
     assert report["layout"] == "nbia" and arrays.image_ids == [c.image_id for c in usable]

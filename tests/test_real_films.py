@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmark.real.preprocess import preprocess_pair
-from benchmark.real.settings import PreprocessSettings
+from benchmark.data.real.preprocess import preprocess_pair
+from benchmark.data.real.settings import PreprocessSettings
 
 EXTENTS = Path(__file__).resolve().parent / "data" / "films" / "breast_extents.csv"
 MIN_COVERAGE = 0.95  # the bar: share of the breast's height and of its width inside the crop

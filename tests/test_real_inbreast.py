@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.data import load_prepared, write_prepared
-from benchmark.real import RealDataError, load_real_domains
-from benchmark.real.dicomio import write_dicom
-from benchmark.real.inbreast import fill_polygon, load_inbreast, read_inbreast_csv, read_rois
-from benchmark.real.settings import real_settings
+from benchmark.data.prepared import load_prepared, write_prepared
+from benchmark.data.real import RealDataError, load_real_domains
+from benchmark.data.real.dicomio import write_dicom
+from benchmark.data.real.inbreast import fill_polygon, load_inbreast, read_inbreast_csv, read_rois
+from benchmark.data.real.settings import real_settings
 
 H, W, S = 64, 32, 64  # fixture rows x cols; prepared side (nearest resize doubles every column)
 EXACT = {"breast_crop": False, "flip_to_left": False, "clip_percentiles": [0, 100]}
@@ -78,7 +78,10 @@ def write_inbreast_tree(root: Path) -> dict[str, np.ndarray]:
     (root / "AllDICOMs").mkdir(parents=True)
     (root / "AllXML").mkdir()
     rng = np.random.default_rng(0)
-    image = lambda: rng.integers(0, 1 << 14, (H, W)).astype(np.uint16)  # 14 bits stored in 16
+
+    def image() -> np.ndarray:
+        return rng.integers(0, 1 << 14, (H, W)).astype(np.uint16)  # 14 bits stored in 16
+
     files = {"22678622": ("R", "CC"), "22678646": ("L", "CC"), "22678670": ("R", "ML"), "22678694": ("L", "ML"),
              "50997461": ("R", "CC")}
     for name, (side, view) in files.items():

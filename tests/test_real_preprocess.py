@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark.real import RealDataError
-from benchmark.real.dicomio import read_header, read_pixels, write_dicom
-from benchmark.real.preprocess import MaskOutsideCrop, clip_and_scale, find_breast, preprocess_pair, resize_pair
-from benchmark.real.settings import PreprocessSettings, preprocess_settings, real_settings
+from benchmark.data.real import RealDataError
+from benchmark.data.real.dicomio import read_header, read_pixels, write_dicom
+from benchmark.data.real.preprocess import MaskOutsideCrop, clip_and_scale, find_breast, preprocess_pair, resize_pair
+from benchmark.data.real.settings import PreprocessSettings, preprocess_settings, real_settings
 
 
 def scanned_film(height: int, width: int, breast_on_left: bool = True) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -19,7 +19,8 @@ def scanned_film(height: int, width: int, breast_on_left: bool = True) -> tuple[
     breast = (depth / semi_x) ** 2 + ((rows - centre) / semi_y) ** 2 < 1
     image = np.random.default_rng(1).normal(3000, 150, (height, width))
     image[breast] = 20000 + 4000 * np.sin(rows[breast] / 7.0)
-    label_cols = slice(int(0.75 * width), int(0.9 * width)) if breast_on_left else slice(int(0.1 * width), int(0.25 * width))
+    label_cols = (slice(int(0.75 * width), int(0.9 * width)) if breast_on_left
+                  else slice(int(0.1 * width), int(0.25 * width)))
     image[int(0.85 * height):int(0.95 * height), label_cols] = 60000  # a bright label, apart from the breast
     border = slice(width - max(2, width // 100), width) if breast_on_left else slice(0, max(2, width // 100))
     image[:, border] = 50000  # scanner border along the far edge
@@ -121,7 +122,8 @@ def test_resize_keeps_a_tiny_mass_that_nearest_sampling_misses():
 
 def test_monochrome1_read_is_inverted(tmp_path):
     stored = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
-    path = write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1", series_description="full mammogram images")
+    path = write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1",
+                       series_description="full mammogram images")
     np.testing.assert_array_equal(read_pixels(path), 65535 - stored)
     header = read_header(path)
     assert (header.rows, header.cols, header.series_description) == (3, 4, "full mammogram images")
@@ -133,7 +135,8 @@ def test_monochrome1_read_is_inverted(tmp_path):
     ({"image_size": "352"}, "data.image_size"),
     ({"image_size": 352, "preprocess": {"clip_percentiles": [99, 1]}}, "data.preprocess.clip_percentiles"),
     ({"image_size": 352, "preprocess": {"breast_crop": "yes"}}, "data.preprocess.breast_crop"),
-    ({"image_size": 352, "real": {"cbis_root": "/x", "inbreast_root": "/y", "cbis_layout": "png"}}, "data.real.cbis_layout"),
+    ({"image_size": 352, "real": {"cbis_root": "/x", "inbreast_root": "/y", "cbis_layout": "png"}},
+     "data.real.cbis_layout"),
     ({"image_size": 352, "real": {"cbis_root": "/x", "inbreast_root": "/y", "workers": -1}}, "data.real.workers"),
     ({"image_size": 352, "real": {"inbreast_root": "/y"}}, "data.real.cbis_root"),
 ])

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from scipy import stats
 
-from benchmark import report
 from benchmark.config import ConfigError
-from benchmark.data import load_prepared
-from benchmark.statistics import two_stage_bootstrap
+from benchmark.data.prepared import load_prepared
+from benchmark.evaluation.statistics import two_stage_bootstrap
+from benchmark.reporting import report, tables
 from tests.conftest import tiny_params
 from tests.fake_runs import COMMIT, authors_mdice_of, fabricate_run
 
@@ -278,7 +278,7 @@ def test_the_authors_protocol_beside_the_papers_numbers(tiny_prepared, tmp_path)
 
 
 def test_cell_formats_one_and_several_seeds():
-    assert report.cell([24.893]) == "24.89"
-    assert report.cell([47.0, 43.0]) == "45.00 ± 2.83 (n=2)"
-    assert report.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (n=3)"
-    assert report.cell([]) == "–"
+    assert tables.cell([24.893]) == "24.89"
+    assert tables.cell([47.0, 43.0]) == "45.00 ± 2.83 (n=2)"
+    assert tables.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (n=3)"
+    assert tables.cell([]) == "–"

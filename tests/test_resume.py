@@ -1,7 +1,7 @@
 """Interrupted training resumes exactly, incompatible checkpoints are refused, a seed is reproducible.
 
 - every registered method: interrupted after epoch 1 and resumed == never interrupted (bit for bit);
-- a real `python -m benchmark.train` subprocess killed with SIGKILL mid-epoch, re-run: the same
+- a real `python -m benchmark train` subprocess killed with SIGKILL mid-epoch, re-run: the same
   per-image metrics as an uninterrupted run, and the completed epochs were not trained again;
 - a checkpoint written under another configuration is not resumed from;
 - checkpoints are written at most once per `train.checkpoint_every_s`, never after the last epoch,
@@ -23,10 +23,10 @@ import pytest
 import torch
 import yaml
 
-import benchmark.train as trainer
+import benchmark.training.train as trainer
 from benchmark.config import RunSpec, run_spec
-from benchmark.evaluate import evaluate_run
-from benchmark.train import CHECKPOINT_NAME, checkpoint_dir, train_run
+from benchmark.evaluation.evaluate import evaluate_run
+from benchmark.training.train import CHECKPOINT_NAME, checkpoint_dir, train_run
 from methods import available_methods, get_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_same_seed_gives_identical_per_image_metrics(tiny_prepared, tmp_path):
 
 
 def _train_command(params_file: Path, prepared: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "benchmark.train", "strong_only_100", "--params", str(params_file),
+    return [sys.executable, "-m", "benchmark", "train", "strong_only_100", "--params", str(params_file),
             "--prepared", str(prepared), "--out", str(out)]
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from benchmark.config import ConfigError, RunSpec, load_params
-from benchmark.train import train_run
+from benchmark.training.train import train_run
 from tests.conftest import REPO, edited_params
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,4 +1,4 @@
-"""`benchmark.launch --executor slurm` against a real single-node SLURM cluster started on localhost.
+"""`benchmark.tools.launch --executor slurm` against a real single-node SLURM cluster started on localhost.
 
 The cluster (tests/slurm_cluster.py) needs Debian's slurm-wlm, slurmdbd, munge and mariadb-server and root;
 without them every test here skips, saying what was missing. With them: a two-run tiny pipeline trained as
@@ -71,7 +71,7 @@ def running_job(cluster) -> str | None:
 
 def background_launch(work: Path, env: dict[str, str], run_name: str, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen(["python", "-m", "benchmark.launch", "--runs", run_name, *SLURM_FLAGS], cwd=work,
+        return subprocess.Popen(["python", "-m", "benchmark", "launch", "--runs", run_name, *SLURM_FLAGS], cwd=work,
                                 env={**env, "DVC_NO_ANALYTICS": "1"}, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -92,7 +92,7 @@ def test_job_array_gives_what_dvc_repro_gives(cluster, work: Path):
     for name in RUNS:
         shutil.rmtree(work / "runs" / name)
 
-    out = run(["python", "-m", "benchmark.launch", *SLURM_FLAGS, "--sbatch=--comment=benchmark-test"], work, env)
+    out = run(["python", "-m", "benchmark", "launch", *SLURM_FLAGS, "--sbatch=--comment=benchmark-test"], work, env)
     array = re.search(r"submitted SLURM job array (\d+): 2 run\(s\), at most 2 at a time", out)
     assert array and "trained and committed 2 run(s)" in out, out
     script = (work / "logs" / "launch" / "submitit" / f"{array.group(1)}_submission.sh").read_text().splitlines()
@@ -134,7 +134,7 @@ def test_a_signalled_job_is_requeued_and_resumes_from_its_checkpoint(cluster, wo
             launcher.kill()
     assert "trained and committed 1 run(s)" in (tmp_path / "launch.out").read_text()
     log = run_log.read_text()[earlier:]
-    assert log.count("python -m benchmark.train strong_only_10 on ") == 2 and "resumed after epoch" in log
+    assert log.count("python -m benchmark train strong_only_10 on ") == 2 and "resumed after epoch" in log
     info = json.loads((work / "runs" / "strong_only_10" / "train_info.json").read_text())
     assert info["seeds"]["0"]["resumed_from_epoch"] >= 1 and info["epochs"] == 6
     job_log = (work / "logs" / "launch" / "submitit" / f"{job}_0_log.out").read_text()
@@ -163,7 +163,7 @@ def test_a_killed_job_is_reported_left_uncommitted_and_resumes_when_launched_aga
     assert "logs logs/launch/strong_only_100.log and " in out and f"{job}_0_log.err" in out
     assert "train@strong_only_100:" in run(["dvc", "status"], work, env), "the killed run is not committed"
 
-    again = run(["python", "-m", "benchmark.launch", "--runs", "strong_only_100", *SLURM_FLAGS], work, env)
+    again = run(["python", "-m", "benchmark", "launch", "--runs", "strong_only_100", *SLURM_FLAGS], work, env)
     assert "trained and committed 1 run(s)" in again
     assert "resumed after epoch" in (work / "logs" / "launch" / "strong_only_100.log").read_text()
     run(["dvc", "repro", *STAGES], work, env)

@@ -8,16 +8,17 @@ import pandas as pd
 import pytest
 
 from benchmark.config import ConfigError
-from benchmark.data import DomainArrays, assign_split_and_rank, write_prepared
-from benchmark.real.cbis_ddsm import CSV_NAMES, group_by_image, read_mass_csv
-from benchmark.splits import check_split, same_breast_leaks
+from benchmark.data.prepared import DomainArrays, assign_split_and_rank, write_prepared
+from benchmark.data.real.cbis_ddsm import CSV_NAMES, group_by_image, read_mass_csv
+from benchmark.data.splits import check_split, same_breast_leaks
 from tests.test_real_cbis import DATA
 
 
 def cbis_manifest(views: list[tuple[str, str, str]]) -> pd.DataFrame:
     """(patient, side, view) per CBIS image, plus two INbreast images without patient metadata."""
     rows = [{"image_id": f"{p}_{s}_{v}", "domain": "cbis", "patient_id": p, "laterality": s} for p, s, v in views]
-    rows += [{"image_id": f"INbreast_{k}", "domain": "inbreast", "patient_id": None, "laterality": "L"} for k in range(2)]
+    rows += [{"image_id": f"INbreast_{k}", "domain": "inbreast", "patient_id": None, "laterality": "L"}
+             for k in range(2)]
     return pd.DataFrame(rows)
 
 
@@ -72,7 +73,8 @@ def test_random_by_patient_puts_no_breast_on_both_sides(seed):
     assert cbis[cbis.split == "test"].groupby(["patient_id", "laterality"]).ngroups == round(0.2 * n_breasts)
     assert set(manifest[manifest.domain == "inbreast"].split) == {"test"}
     train = manifest.split == "train"
-    assert sorted(manifest.strong_rank[train]) == list(range(train.sum())) and (manifest.strong_rank[~train] == -1).all()
+    assert sorted(manifest.strong_rank[train]) == list(range(train.sum()))
+    assert (manifest.strong_rank[~train] == -1).all()
 
 
 def test_on_the_real_cbis_csvs():

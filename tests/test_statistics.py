@@ -3,8 +3,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmark.statistics import (AGREES, DISAGREES, INCONCLUSIVE, bootstrap_ci, claim_verdict, holm, mean_std,
-                                  two_stage_bootstrap, wilcoxon_p)
+from benchmark.evaluation.statistics import (
+    AGREES,
+    DISAGREES,
+    INCONCLUSIVE,
+    bootstrap_ci,
+    claim_verdict,
+    holm,
+    mean_std,
+    two_stage_bootstrap,
+    wilcoxon_p,
+)
 
 
 def test_wilcoxon_matches_scipy_and_handles_ties():

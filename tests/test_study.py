@@ -1,4 +1,4 @@
-"""benchmark.study: trains variants x seeds, scores on fresh images only, applies the written rule."""
+"""benchmark.tools.study: trains variants x seeds, scores on fresh images only, applies the written rule."""
 import copy
 
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from benchmark.config import ConfigError
-from benchmark.study import choose, collect, configured_variant, load_study, render_report, run_study
+from benchmark.tools.study import choose, collect, configured_variant, load_study, render_report, run_study
 from tests.conftest import REPO
 
 

@@ -2,8 +2,8 @@
 import numpy as np
 from scipy import ndimage
 
-from benchmark.data import box_map, component_boxes
-from benchmark.synthetic import generate_domain, render_image
+from benchmark.data.prepared import box_map, component_boxes
+from benchmark.data.synthetic import generate_domain, render_image
 from tests.conftest import tiny_params
 
 GEN = tiny_params()["data"]["synthetic"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError, RunSpec
-from benchmark.sampling import BatchSampler, TrainingSet
-from benchmark.train import NonFiniteLossError, poly_lr, seed_schedule, steps_per_epoch, train_run
+from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.train import NonFiniteLossError, poly_lr, seed_schedule, steps_per_epoch, train_run
 
 
 def make_set(n=10, n_strong=3, size=8):
@@ -75,7 +75,7 @@ def test_one_epoch_trains_and_saves(tiny_prepared, tmp_path):
 
 def test_provenance_names_the_commit_a_seed_started_from(tiny_prepared, tmp_path, monkeypatch):
     """A commit made while a run trains (a docstring edit during a long dvc repro) is not what the run executed."""
-    import benchmark.train as trainer
+    import benchmark.training.train as trainer
     from methods.strong_only import StrongOnly
     params, prepared = tiny_prepared
     head = {"git_commit": "commit-at-start", "git_dirty": False}

@@ -1,0 +1,207 @@
+"""The prepared-dataset format shared by every data source, and the label budget.
+
+`prepare` (synthetic or real) hands `write_prepared` two domains of uint8 images
+and binary masks at the training resolution. This module derives the weak
+labels (one tight box per connected mask component), draws the train/test split
+(`data.split`, see benchmark.data.splits) and the strong-label order once from a seed, and writes:
+
+    <out>/cbis.npz, <out>/inbreast.npz   images, masks, boxes  (N, H, W) uint8
+    <out>/manifest.csv                   one row per image (see MANIFEST_COLUMNS)
+    <out>/prepare_report.json            counts, the split and its same-breast count, anything skipped
+
+The strong subset at fraction f is every training image whose `strong_rank`
+is below round(f * n_train): subsets at different budgets are nested by
+construction, and every method sees the same ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from benchmark.cli import MissingOutputError
+from benchmark.config import ConfigError
+from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
+
+DOMAINS = ("cbis", "inbreast")
+MANIFEST_COLUMNS = [
+    "image_id", "domain", "index", "split", "strong_rank", "source",
+    "box_x0", "box_y0", "box_x1", "box_y1", "boxes", "n_components", "mask_area", "box_area",
+]
+
+
+@dataclass
+class DomainArrays:
+    """Images and masks of one domain at the prepared resolution, plus per-image metadata."""
+
+    images: np.ndarray  # (N, H, W) uint8
+    masks: np.ndarray  # (N, H, W) uint8 in {0, 1}
+    image_ids: list[str]
+    source: str
+    extra: dict[str, list] = field(default_factory=dict)  # extra manifest columns, one value per image
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 3:
+            raise ValueError(f"{self.source}: images must be (N, H, W) uint8, got {self.images.dtype} {self.images.shape}")
+        if self.masks.shape != self.images.shape:
+            raise ValueError(f"{self.source}: masks {self.masks.shape} do not match images {self.images.shape}")
+        if len(self.image_ids) != len(self.images):
+            raise ValueError(f"{self.source}: {len(self.image_ids)} ids for {len(self.images)} images")
+        self.masks = (self.masks > 0).astype(np.uint8)
+
+
+def component_boxes(mask: np.ndarray, margin: int = 0) -> list[tuple[int, int, int, int]]:
+    """Tight box (x0, y0, x1, y1), end-exclusive, around each 8-connected component, grown by `margin` px."""
+    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3), dtype=bool))
+    height, width = mask.shape
+    boxes = []
+    for rows, cols in ndimage.find_objects(labels)[:count]:
+        boxes.append((
+            max(cols.start - margin, 0), max(rows.start - margin, 0),
+            min(cols.stop + margin, width), min(rows.stop + margin, height),
+        ))
+    return boxes
+
+
+def box_map(shape: tuple[int, int], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Filled boxes as a uint8 {0, 1} map: the weak label (its complement is the paper's reversed label)."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        out[y0:y1, x0:x1] = 1
+    return out
+
+
+def _domain_manifest(domain: str, arrays: DomainArrays, box_margin: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rows, maps = [], np.zeros_like(arrays.masks)
+    for index, mask in enumerate(arrays.masks):
+        boxes = component_boxes(mask, box_margin)
+        maps[index] = box_map(mask.shape, boxes)
+        union = (
+            (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+            if boxes else (-1, -1, -1, -1)
+        )
+        rows.append({
+            "image_id": arrays.image_ids[index], "domain": domain, "index": index, "source": arrays.source,
+            "box_x0": union[0], "box_y0": union[1], "box_x1": union[2], "box_y1": union[3],
+            "boxes": json.dumps([list(map(int, b)) for b in boxes]), "n_components": len(boxes),
+            "mask_area": int(mask.sum()), "box_area": int(maps[index].sum()),
+        })
+    frame = pd.DataFrame(rows)
+    for column, values in arrays.extra.items():
+        frame[column] = values
+    return frame, maps
+
+
+def assign_split_and_rank(manifest: pd.DataFrame, seed: int, test_fraction: float,
+                          split: str = "random") -> pd.DataFrame:
+    """Draw the CBIS train/test split (kinds: benchmark.data.splits) and the strong-label order once;
+    INbreast is test only."""
+    manifest = manifest.copy()
+    rng = np.random.default_rng(seed)
+    is_cbis = (manifest["domain"] == "cbis").to_numpy()
+    cbis_rows = np.flatnonzero(is_cbis)
+    labels = np.full(len(manifest), "test", dtype=object)
+    if check_split(split) == "official":
+        if "official_split" not in manifest:
+            raise ValueError("data.split is 'official' but the data source provides no official_split column")
+        labels[cbis_rows] = manifest.loc[is_cbis, "official_split"].to_numpy()
+    else:
+        # random: every image its own key (the paper's image-level draw); random_by_patient: one per breast
+        keys = (breast_keys(manifest.loc[is_cbis]).reset_index(drop=True) if split == "random_by_patient"
+                else pd.Series(np.arange(len(cbis_rows))))
+        labels[cbis_rows[~draw_test(keys, rng, test_fraction)]] = "train"
+        n_test = int((labels[cbis_rows] == "test").sum())
+        if not 1 <= n_test < len(cbis_rows):
+            raise ConfigError(f"params.yaml: data.test_fraction = {test_fraction:g}: holds out {n_test} of the "
+                              f"{len(cbis_rows)} CBIS images ({split} split); the test and the training split each "
+                              "need at least one image")
+    manifest["split"] = labels
+    train_rows = np.flatnonzero(labels == "train")
+    rank = np.full(len(manifest), -1, dtype=int)
+    rank[rng.permutation(train_rows)] = np.arange(len(train_rows))
+    manifest["strong_rank"] = rank
+    return manifest
+
+
+def _atomic_replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+
+
+def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, split_seed: int,
+                   test_fraction: float, box_margin: int = 0, split: str = "random",
+                   report: dict | None = None) -> pd.DataFrame:
+    """Write both domains, the manifest and the report; the folder appears only once complete."""
+    out_dir = Path(out_dir)
+    missing = [name for name in DOMAINS if name not in domains]
+    if missing:
+        raise ValueError(f"write_prepared needs both domains; missing: {missing}")
+    for name in DOMAINS:
+        if len(domains[name].images) == 0:
+            raise ValueError(f"prepare produced zero usable images for domain '{name}'; nothing was written.")
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    frames = []
+    for name in DOMAINS:
+        frame, boxes = _domain_manifest(name, domains[name], box_margin)
+        frames.append(frame)
+        np.savez(tmp_dir / f"{name}.npz", images=domains[name].images, masks=domains[name].masks, boxes=boxes)
+    manifest = assign_split_and_rank(pd.concat(frames, ignore_index=True), split_seed, test_fraction, split)
+    columns = MANIFEST_COLUMNS + [c for c in manifest.columns if c not in MANIFEST_COLUMNS]
+    manifest = manifest[columns]
+    manifest.to_csv(tmp_dir / "manifest.csv", index=False)
+    summary = {
+        name: {
+            "images": int((manifest["domain"] == name).sum()),
+            "train": int(((manifest["domain"] == name) & (manifest["split"] == "train")).sum()),
+            "test": int(((manifest["domain"] == name) & (manifest["split"] == "test")).sum()),
+            "image_size": list(domains[name].images.shape[1:]),
+            "source": domains[name].source,
+        }
+        for name in DOMAINS
+    }
+    split_report = {"kind": split, "seed": split_seed, **same_breast_leaks(manifest)}
+    (tmp_dir / "prepare_report.json").write_text(
+        json.dumps({"domains": summary, "split": split_report, **(report or {})}, indent=2))
+    _atomic_replace_dir(tmp_dir, out_dir)
+    return manifest
+
+
+@dataclass
+class PreparedData:
+    manifest: pd.DataFrame
+    arrays: dict[str, dict[str, np.ndarray]]  # domain -> {"images", "masks", "boxes"}
+
+    def rows(self, domain: str, split: str) -> pd.DataFrame:
+        frame = self.manifest
+        return frame[(frame["domain"] == domain) & (frame["split"] == split)].sort_values("index")
+
+    def strong_and_weak(self, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the CBIS arrays of the strong and weak training images at this budget (nested in f)."""
+        train = self.rows("cbis", "train")
+        n_strong = int(round(fraction * len(train)))
+        is_strong = train["strong_rank"].to_numpy() < n_strong
+        index = train["index"].to_numpy()
+        return np.sort(index[is_strong]), np.sort(index[~is_strong])
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    directory = Path(directory)
+    manifest_path = directory / "manifest.csv"
+    if not manifest_path.is_file():
+        raise MissingOutputError(f"{manifest_path}: prepared data not found. Run `dvc repro prepare` first.")
+    manifest = pd.read_csv(manifest_path)
+    arrays = {}
+    for name in DOMAINS:
+        with np.load(directory / f"{name}.npz") as npz:
+            arrays[name] = {key: npz[key] for key in ("images", "masks", "boxes")}
+    return PreparedData(manifest=manifest, arrays=arrays)

@@ -1,0 +1,616 @@
+"""DVC stage `train@<run>`: train one configured run, once per seed, and save the final weights.
+
+    python -m benchmark train <run-name> [--params params.yaml] [--prepared data/prepared] [--out runs]
+
+The trainer knows no method by name: it builds `methods/<method>.py` through the
+registry, feeds it batches composed for the method's label kinds, and minimises the
+sum of the loss terms it returns, with the protocol of params.yaml `train` (Adam, poly
+decay per epoch, flips), in the configured precision and memory format.
+
+Before anything is written the stage checks params.yaml (benchmark.config), takes the run's lock
+(`<checkpoint_dir>/<run>.lock`: a second trainer of the same run stops at once), resolves the device
+and precision, builds the method once (its options and encoder weights) and checks the label budget
+(a method that trains on masks gets at least one strong image, one on boxes only at least one weak
+image). Only then are the run's previous outputs removed, evaluation outputs included, so a failed
+or killed training leaves nothing under runs/<run>/ that looks like a result.
+
+Divergence: a run stops, naming run, seed, epoch and loss term, when a loss term is NaN or
+infinite, or when an epoch's mean total loss exceeds `train.divergence_factor` times the total loss
+of the run's first step (the untrained network's); checked once per epoch.
+
+Seeds side by side: `train.seed_workers` (`auto` or a number) trains a run's seeds in that many
+worker processes at once (spawned, one fresh process per seed), the CPU threads (`train.num_threads`,
+0 = every core) split evenly between them; `auto` is one worker per seed on a CPU with at least two
+cores (on a GPU, one). A seed's result does not depend on the workers: each is bit-identical on CPU
+to a serial run (`seed_workers: 1`) at the same threads per seed. The thread count itself is part of
+the numerics (oneDNN splits its reductions by thread), so train_info.json records it.
+
+Interruptions: an epoch's end writes a checkpoint (weights, optimizer, RNG and sampler
+states, the method's own training state, the log so far, and a sha256 of all of it) in
+`train.checkpoint_dir`, which DVC neither tracks nor deletes, once `train.checkpoint_every_s`
+seconds of training passed since the last one (0: every epoch; never after the last epoch).
+Re-running the stage resumes each seed from its last checkpointed epoch, but only when the
+checkpoint's checksum matches its contents (a damaged one is deleted, with a message) and its
+fingerprint (configuration, prepared data, code, torch version) equals the run's; otherwise it
+starts over and says why. The checkpoints are removed once every seed's outputs are written.
+
+Outputs in runs/<run>/, written once every seed has trained, each under a temporary name and
+renamed: models/seed_<s>.pt (state dict of the final epoch — the paper protocol has no validation
+split), train_log.csv (one row per seed and epoch, a DVC plot) and, last, train_info.json (timing,
+label counts, the run's configuration, provenance), whose presence marks the stage's outputs complete.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from benchmark.artifacts import (
+    EVALUATION_OUTPUTS,
+    TRAIN_OUTPUTS,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    file_sha256,
+    remove_outputs,
+)
+from benchmark.cli import ReportedError, run_cli
+from benchmark.config import ConfigError, RunSpec, check_run_spec, load_params, run_spec, validate_params
+from benchmark.contract import TrainContext
+from benchmark.data.prepared import PreparedData, load_prepared
+from benchmark.nn.losses import structure_window
+from benchmark.training.runtime import (
+    autocast,
+    configure_determinism,
+    configure_threads,
+    git_state,
+    hardware_description,
+    now_iso,
+    package_versions,
+    pick_device,
+    resolve_precision,
+    seed_everything,
+)
+from benchmark.training.sampling import BatchSampler, TrainingSet
+from methods import SegmentationMethod, get_method
+from methods.base import OptionError
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class DivergedError(ReportedError, FloatingPointError):
+    """The run's loss diverged; the run stops before any output is written."""
+
+
+class NonFiniteLossError(DivergedError):
+    """A loss term became NaN or infinite."""
+
+
+class LossExplodedError(DivergedError):
+    """An epoch's mean loss grew beyond `train.divergence_factor` x the run's first-step loss."""
+
+
+class RunLockedError(ReportedError, RuntimeError):
+    """Another process is training the same run."""
+
+
+def build_method(spec: RunSpec, model_params: dict[str, Any]) -> SegmentationMethod:
+    try:
+        method_cls = get_method(spec.method)
+    except KeyError as error:
+        raise ConfigError(f"params.yaml: runs.{spec.name}.method = {spec.method!r}: {error.args[0]}") from None
+    try:
+        return method_cls(model_params, spec.options)
+    except OptionError as error:
+        raise ConfigError(f"params.yaml: runs.{spec.name}.options.{error.key} = {error.value!r}: "
+                          f"{error.allowed}") from None
+    except ValueError as error:  # a method's own check of its options
+        raise ConfigError(f"params.yaml: runs.{spec.name}.options (method {spec.method}): "
+                          f"{' '.join(str(error).split())}") from None
+
+
+def check_label_budget(spec: RunSpec, method_cls: type[SegmentationMethod], data: PreparedData) -> None:
+    """A method that trains on masks needs at least one strong image; one that trains on boxes only, one weak."""
+    strong, weak = data.strong_and_weak(spec.strong_fraction)
+    n_train = len(strong) + len(weak)
+    where = f"params.yaml: runs.{spec.name}.strong_fraction = {spec.strong_fraction:g}"
+    if method_cls.uses_strong and len(strong) == 0:
+        raise ConfigError(f"{where}: gives 0 of the {n_train} training images a mask, but method {spec.method} "
+                          f"trains on masks; it needs at least 1 strong image (strong_fraction >= {1 / n_train:.4g})")
+    if not method_cls.uses_strong and method_cls.uses_weak and len(weak) == 0:
+        raise ConfigError(f"{where}: leaves no box-only image of the {n_train} training images, but method "
+                          f"{spec.method} trains on boxes only; use a smaller strong_fraction")
+
+
+def training_set_for(data: PreparedData, spec: RunSpec, train_params: dict[str, Any],
+                     device: torch.device) -> TrainingSet:
+    train_rows = data.rows("cbis", "train")
+    strong, _ = data.strong_and_weak(spec.strong_fraction)
+    index = train_rows["index"].to_numpy()
+    arrays = data.arrays["cbis"]
+    is_strong = pd.Series(index).isin(strong).to_numpy()
+    return TrainingSet(arrays["images"][index], arrays["masks"][index], arrays["boxes"][index], is_strong, device,
+                       hflip=bool(train_params["hflip"]), vflip=bool(train_params["vflip"]))
+
+
+def poly_lr(base_lr: float, epoch: int, epochs: int, power: float) -> float:
+    """The paper's schedule: lr = lr0 * (1 - epoch / nEpoch) ** power, set at the start of each epoch."""
+    return base_lr * (1 - epoch / epochs) ** power
+
+
+def steps_per_epoch(mode: str, n_train: int, n_used: int, batch_size: int) -> int:
+    if mode == "all_train":
+        return math.ceil(n_train / batch_size)
+    if mode == "method":
+        return math.ceil(n_used / batch_size)
+    raise ConfigError(f"params.yaml: train.steps_per_epoch must be 'all_train' or 'method', got {mode!r}.")
+
+
+def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    if name != "adam":
+        raise ConfigError(f"params.yaml: train.optimizer {name!r} is not supported (the paper uses 'adam').")
+    # the fused kernel is the same Adam update in one pass over the parameters: 4x faster than the
+    # default multi-tensor one on a CPU (measured 7.6 vs 30.6 ms for 12.5 M parameters), also on CUDA
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
+# -- the training step, shared with the speed benchmark ------------------------------------------------
+@dataclass
+class Numerics:
+    """How the network runs on the device: precision ('fp32'|'bf16') and memory format."""
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    @classmethod
+    def from_params(cls, train_params: dict[str, Any], device: torch.device) -> "Numerics":
+        try:
+            precision = resolve_precision(str(train_params.get("precision", "auto")), device)
+        except ValueError as error:
+            raise ConfigError(f"params.yaml: {error}") from error
+        return cls(device, precision, bool(train_params.get("channels_last", False)))
+
+    def prepare(self, method: SegmentationMethod) -> SegmentationMethod:
+        method = method.to(self.device)
+        return method.to(memory_format=torch.channels_last) if self.channels_last else method
+
+
+def compile_networks(method: SegmentationMethod, train_params: dict[str, Any]) -> None:
+    """`train.compile`: torch.compile each network of the method, in place (state_dict keys unchanged)."""
+    if train_params.get("compile", False):
+        for child in method.children():
+            child.compile()
+
+
+def optimisation_step(method: SegmentationMethod, batch, optimizer: torch.optim.Optimizer,
+                      numerics: Numerics) -> dict[str, torch.Tensor]:
+    """One step as the trainer runs it: forward (autocast), summed loss, backward, optimizer step.
+
+    Returns the detached loss terms and their `total` (float32, still on the device: no sync)."""
+    if numerics.channels_last:
+        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+    with autocast(numerics.device, numerics.precision):
+        terms = method.training_step(batch)
+    terms = {name: value.float() for name, value in terms.items()}  # losses summed in float32
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return {**{name: value.detach() for name, value in terms.items()}, "total": total.detach()}
+
+
+def loop_step(method: SegmentationMethod, training_set: TrainingSet, sampler: BatchSampler,
+              optimizer: torch.optim.Optimizer, numerics: Numerics, global_step: int, history: list[torch.Tensor],
+              progress: tqdm) -> list[str]:
+    """Everything the training loop does per step: draw and augment a batch on the device, the optimisation
+    step, the method's per-step hook, and the logging (loss values stay on the device); returns term names."""
+    losses = optimisation_step(method, training_set.batch(*sampler.next()), optimizer, numerics)
+    method.after_optimizer_step(global_step)
+    history.append(torch.stack(list(losses.values())))
+    progress.update(1)
+    return list(losses)
+
+
+def check_finite(run: str, seed: int, epoch: int, names: list[str], values: torch.Tensor) -> None:
+    """values: (steps, terms) of one epoch; checked once per epoch so the GPU never waits per step."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        step, term = (int(i) for i in torch.nonzero(bad)[0])
+        raise NonFiniteLossError(
+            f"run {run} (seed {seed}): loss term '{names[term]}' is {values[step, term].item()} at epoch {epoch}, "
+            f"step {step + 1} of {len(values)}. Training stopped; no weights or metrics were written for this run "
+            "(lower train.lr, or check the method's loss for a division by zero).")
+
+
+def check_divergence(run: str, seed: int, epoch: int, names: list[str], values: torch.Tensor, first_loss: float,
+                     factor: float) -> None:
+    """The divergence rule: the epoch's mean total loss above `factor` x the total loss of the run's first step.
+
+    The first step's loss is the untrained network's, so an explosion within the first epoch counts too
+    (a run whose first epoch already averages 1e12 would pass a rule relative to the first epoch's mean)."""
+    means = values.double().mean(0)
+    total = float(means[names.index("total")])
+    if first_loss > 0 and total > factor * first_loss:
+        terms = [k for k, name in enumerate(names) if name != "total"]
+        largest = max(terms, key=lambda k: float(means[k]))
+        raise LossExplodedError(
+            f"run {run} (seed {seed}): the loss diverged at epoch {epoch}: its mean total loss {total:.4g} is "
+            f"{total / first_loss:.3g} x the first step's {first_loss:.4g} (more than train.divergence_factor = "
+            f"{factor:g}); largest term '{names[largest]}' (mean {float(means[largest]):.4g}). Training stopped; no "
+            "weights or metrics were written for this run (lower train.lr).")
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------
+def _sha256_json(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
+
+    The code is every loaded module of the `benchmark` and `methods` packages: what the run executes."""
+    # where and how often checkpoints are written changes no result, so a checkpoint survives a change of either
+    train_params = {key: value for key, value in params["train"].items()
+                    if key not in ("checkpoint_dir", "checkpoint_every_s")}
+    get_method(spec.method)  # imports the method's module, so its file is among the code below
+    code_files = {name: Path(module.__file__) for name, module in list(sys.modules.items())
+                  if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
+    return {
+        "config": _sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
+                              "strong_fraction": spec.strong_fraction, "options": spec.options}),
+        "data": _sha256_json({path.name: file_sha256(path) for path in sorted(prepared_dir.iterdir())
+                              if path.is_file()}),
+        "code": _sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
+        "torch": str(torch.__version__),
+    }
+
+
+def checkpoint_dir(params: dict[str, Any], spec: RunSpec, seed: int) -> Path:
+    return Path(params["train"]["checkpoint_dir"]).expanduser() / spec.name / f"seed_{seed}"
+
+
+@contextlib.contextmanager
+def run_lock(params: dict[str, Any], spec: RunSpec) -> Iterator[Path]:
+    """Hold the run's lock, taken at once or not at all: two trainers of one run would overwrite each other's
+    checkpoints and outputs. It lives beside the checkpoints (untracked by DVC and git)."""
+    path = Path(params["train"]["checkpoint_dir"]).expanduser() / f"{spec.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunLockedError(f"run {spec.name} is being trained by another process (it holds {path}); wait for it "
+                             "to finish or stop it, then run again.") from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
+def payload_sha256(payload: Any) -> str:
+    """sha256 over every value of a checkpoint (tensor bytes with dtype and shape, numbers, strings), in order:
+    written into the checkpoint, recomputed after loading it, so damage anywhere in the file is caught."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)};".encode())
+            for key, item in value.items():
+                digest.update(f"{key!r}:".encode())
+                feed(item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"list {len(value)};".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{type(value).__name__} {value!r};".encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    atomic_torch_save(path, {**payload, "sha256": payload_sha256(payload)})
+
+
+def load_compatible_checkpoint(path: Path, fingerprint: dict[str, str], device: torch.device,
+                               say=print) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it is intact and was written by this exact configuration, else None (and
+    why). A damaged checkpoint is deleted: resuming from it would continue from corrupted weights."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        recorded = checkpoint.pop("sha256", None)
+        damage = None if recorded is None or recorded == payload_sha256(checkpoint) else \
+            "its contents do not match the sha256 written with it"
+    except Exception as error:  # a truncated file cannot exist (atomic writes), but a damaged or foreign one might
+        damage = f"torch.load cannot read it ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+    if not damage and recorded is None:
+        say(f"{path}: has no checksum (written by an older trainer); not resuming from it, starting from scratch.")
+        return None
+    if damage:
+        path.unlink(missing_ok=True)
+        say(f"{path}: damaged checkpoint: {damage}; discarded it, starting from scratch.")
+        return None
+    differs = [key for key, value in fingerprint.items() if checkpoint.get("fingerprint", {}).get(key) != value]
+    if differs:
+        say(f"{path}: written for a different {', '.join(differs)}; not resuming from it, starting from scratch.")
+        return None
+    return checkpoint
+
+
+def _rng_states() -> dict[str, Any]:
+    """Every global random stream a method may draw from (dropout, MC sampling), in torch.load-safe types."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+              "numpy": [torch.as_tensor(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    random.setstate((3, tuple(states["python"]), None))
+    keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+# -- one seed -----------------------------------------------------------------------------------------------
+@dataclass
+class SeedResult:
+    state_dict: dict[str, torch.Tensor]
+    log_rows: list[dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
+               show_progress: bool = True, progress_position: int | None = None) -> SeedResult:
+    """One seed of a run, under the protocol's structure-loss window (`train.structure_window`, every method alike)."""
+    try:
+        window = structure_window(params["train"].get("structure_window", "scaled"))
+    except ValueError as error:
+        raise ConfigError(f"params.yaml: {error}") from error
+    with window:
+        return _train_seed(spec, seed, params, data, fingerprint, show_progress, progress_position)
+
+
+def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: PreparedData, fingerprint: dict[str, str],
+                show_progress: bool, progress_position: int | None) -> SeedResult:
+    train_params, model_params = params["train"], params["model"]
+    # the code that trains the seed: read now, as a commit made while it trains does not change what it runs
+    started_at, started, source = now_iso(), time.perf_counter(), git_state()
+    device = pick_device(train_params["device"])
+    deterministic = configure_determinism(train_params["deterministic"], device)
+    numerics = Numerics.from_params(train_params, device)
+    seed_everything(seed)
+
+    method = numerics.prepare(build_method(spec, model_params))
+    training_set = training_set_for(data, spec, train_params, device)
+    batch_size, strong_share = int(train_params["batch_size"]), float(train_params["strong_share"])
+    sampler = BatchSampler(training_set, batch_size, strong_share, method.uses_strong, method.uses_weak, seed=seed)
+    epochs = int(train_params["epochs"])
+    n_steps = steps_per_epoch(train_params["steps_per_epoch"], len(training_set), sampler.n_used, batch_size)
+    method.on_train_start(TrainContext(
+        training_set=training_set,
+        make_sampler=lambda strong, weak, sub_seed: BatchSampler(training_set, batch_size, strong_share, strong, weak,
+                                                                 sub_seed),
+        train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=seed,
+        learning_rate=lambda step: poly_lr(float(train_params["lr"]), min(step // n_steps, epochs - 1), epochs,
+                                           float(train_params["poly_power"])),
+    ))
+    # created after the hook, so parameters a method froze there are not optimised
+    optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],
+                               float(train_params["lr"]))
+    compile_networks(method, train_params)
+
+    checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
+    first_epoch, log_rows, seconds_before, first_loss = 0, [], 0.0, None
+    progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
+                    disable=not show_progress, position=progress_position)
+    try:  # closed on any exit, so an error message starts on a line of its own
+        checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
+        if checkpoint is not None:
+            method.load_state_dict(checkpoint["model"])
+            method.load_training_state(checkpoint["method_state"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            sampler.load_state_dict(checkpoint["sampler"])
+            _restore_rng_states(checkpoint["rng"])
+            first_epoch, log_rows = int(checkpoint["epoch"]), list(checkpoint["log_rows"])
+            seconds_before, first_loss = float(checkpoint["train_seconds"]), float(checkpoint["first_loss"])
+            progress.update(first_epoch * n_steps)
+            progress.write(f"{spec.name} seed {seed}: resumed after epoch {first_epoch} of {epochs} from "
+                           f"{checkpoint_path}")
+
+        method.train()
+        checkpoint_every_s, last_checkpoint = float(train_params["checkpoint_every_s"]), time.perf_counter()
+        for epoch in range(first_epoch, epochs):
+            lr = poly_lr(float(train_params["lr"]), epoch, epochs, float(train_params["poly_power"]))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_start, history, names = time.perf_counter(), [], None
+            for step in range(n_steps):
+                names = loop_step(method, training_set, sampler, optimizer, numerics, epoch * n_steps + step, history,
+                                  progress)
+            values = torch.stack(history).cpu()  # the epoch's only device-to-host copy
+            check_finite(spec.name, seed, epoch + 1, names, values)
+            first_loss = float(values[0, names.index("total")]) if first_loss is None else first_loss
+            check_divergence(spec.name, seed, epoch + 1, names, values, first_loss,
+                             float(train_params["divergence_factor"]))
+            method.on_epoch_end(epoch, epochs)
+            means = dict(zip(names, values.double().mean(0).tolist()))
+            log_rows.append({"seed": seed, "epoch": epoch + 1, "lr": lr, **means,
+                             "seconds": round(time.perf_counter() - epoch_start, 3)})
+            progress.set_postfix(epoch=epoch + 1, loss=f"{means['total']:.4f}")
+            # a checkpoint costs a serialisation of the weights and Adam's moments (3x the model) and a write: at
+            # most one per train.checkpoint_every_s, none after the last epoch (the run's output follows at once)
+            if epoch + 1 == epochs or time.perf_counter() - last_checkpoint < checkpoint_every_s:
+                continue
+            last_checkpoint = time.perf_counter()
+            save_checkpoint(checkpoint_path, {
+                "fingerprint": fingerprint, "epoch": epoch + 1, "model": method.state_dict(),
+                "method_state": method.training_state(), "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state_dict(), "rng": _rng_states(), "log_rows": log_rows,
+                "train_seconds": seconds_before + time.perf_counter() - started, "first_loss": first_loss,
+            })
+    finally:
+        progress.close()
+
+    n_strong = int(training_set.is_strong.sum())
+    counts = {"n_train": len(training_set), "n_strong": n_strong,
+              "n_strong_used": n_strong if method.uses_strong else 0,
+              "n_weak_used": len(training_set) - n_strong if method.uses_weak else 0,
+              "steps_per_epoch": n_steps, "image_size": int(training_set.images.shape[-1]),
+              "options": method.options, "uses_strong": method.uses_strong, "uses_weak": method.uses_weak,
+              "precision": numerics.precision, "channels_last": numerics.channels_last,
+              "deterministic": deterministic, "device": str(device), "hardware": hardware_description(device)}
+    seed_info = {
+        "train_seconds": round(seconds_before + time.perf_counter() - started, 2),
+        "resumed_from_epoch": first_epoch,
+        "provenance": {**source, "started": started_at, "finished": now_iso(), "seed": seed,
+                       "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint,
+                       "params": {"model": model_params, "train": train_params, "seeds": list(spec.seeds),
+                                  "run": {"method": spec.method, "row": spec.row,
+                                          "strong_fraction": spec.strong_fraction, "options": spec.options}}},
+    }
+    state = {key: value.detach().cpu() for key, value in method.state_dict().items()}
+    return SeedResult(state, log_rows, {"counts": counts, "seed": seed_info})
+
+
+# -- one run (all seeds) ----------------------------------------------------------------------------------------
+def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.device) -> tuple[int, int]:
+    """(worker processes, torch threads per seed) of a run with `n_seeds` seeds; threads 0 = torch's default
+    (every core) for a serial run, as before `train.seed_workers` existed."""
+    requested = train_params.get("seed_workers", 1)
+    num_threads = int(train_params.get("num_threads", 0))
+    # the cores this process may use (a container's or taskset's share), not the machine's
+    cores = num_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if requested == "auto":
+        workers = n_seeds if device.type == "cpu" and cores >= 2 else 1
+    elif isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1:
+        workers = requested
+    else:
+        raise ConfigError(f"params.yaml: train.seed_workers must be 'auto' or a positive integer, got {requested!r}.")
+    workers = min(workers, n_seeds)
+    if workers == 1:
+        return 1, num_threads
+    if device.type != "cpu":
+        raise ConfigError("params.yaml: train.seed_workers > 1 trains seeds in parallel processes on the CPU only; "
+                          f"the device here is {device}. Use 1 (or 'auto'), or benchmark.tools.launch for several runs "
+                          "per GPU.")
+    return workers, max(1, cores // workers)
+
+
+def _seed_worker(job: tuple) -> tuple[bytes, list[dict[str, Any]], dict[str, Any]]:
+    """One seed in a spawned worker process: its own threads, data and RNG state, nothing shared. The weights go
+    back serialised: a tensor sent as itself travels through shared memory that dies with this process (which
+    exits after its one task), and the parent writes the models once every seed has trained."""
+    spec, seed, params, prepared_dir, fingerprint, show_progress, threads, position = job
+    configure_threads(threads)
+    result = train_seed(spec, seed, params, load_prepared(prepared_dir), fingerprint, show_progress, position)
+    buffer = io.BytesIO()
+    torch.save(result.state_dict, buffer)
+    return buffer.getvalue(), result.log_rows, result.info
+
+
+def _seed_result(payload: tuple[bytes, list[dict[str, Any]], dict[str, Any]]) -> SeedResult:
+    weights, log_rows, info = payload
+    return SeedResult(torch.load(io.BytesIO(weights), weights_only=True), log_rows, info)
+
+
+def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Train every seed of `spec`: check everything first, then remove the run's old outputs, write new ones last."""
+    params = validate_params(params)
+    check_run_spec(spec)
+    train_params, model_params = params["train"], params["model"]
+    with run_lock(params, spec):
+        device = pick_device(train_params["device"])
+        Numerics.from_params(train_params, device)  # a precision the device lacks fails here, not mid-run
+        data = load_prepared(prepared_dir)
+        method_cls = type(build_method(spec, model_params))  # options, encoder and its weights
+        check_label_budget(spec, method_cls, data)
+        workers, threads = seed_schedule(train_params, len(spec.seeds), device)
+        fingerprint = run_fingerprint(spec, params, prepared_dir)
+        run_dir = out_dir / spec.name
+        # from here on nothing of an earlier training or evaluation of this run is left to look current
+        remove_outputs(run_dir, EVALUATION_OUTPUTS + TRAIN_OUTPUTS)
+
+        started = time.perf_counter()
+        if workers == 1:
+            threads = configure_threads(threads)
+            results = [train_seed(spec, seed, params, data, fingerprint, show_progress) for seed in spec.seeds]
+        else:
+            jobs = [(spec, seed, params, prepared_dir, fingerprint, show_progress, threads, k % workers)
+                    for k, seed in enumerate(spec.seeds)]
+            # spawn, not fork: a forked child would inherit this process's OpenMP pool; one fresh process per
+            # seed. Leaving the block terminates the pool, so a failing seed stops the others too.
+            with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+                results = [_seed_result(payload) for payload in pool.imap(_seed_worker, jobs, chunksize=1)]
+
+        log_rows, seeds_info, counts = [], {}, {}
+        # written once every seed has trained: a diverged seed leaves none
+        for seed, result in zip(spec.seeds, results):
+            model_path = run_dir / "models" / f"seed_{seed}.pt"
+            atomic_torch_save(model_path, result.state_dict)
+            log_rows += result.log_rows
+            counts = result.info["counts"]
+            seeds_info[str(seed)] = {**result.info["seed"], "model_sha256": file_sha256(model_path)}
+
+        atomic_write_csv(run_dir / "train_log.csv", pd.DataFrame(log_rows))
+        info = {
+            "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
+            **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
+            "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
+            "threads": threads, "seed_workers": workers, "torch": str(torch.__version__),
+            "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),  # summed over seeds
+            "train_wall_seconds": round(time.perf_counter() - started, 2),  # the stage's own time, seeds side by side
+            "configured": spec.configured(), "model": model_params,
+            "seeds": seeds_info,
+        }
+        atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
+        shutil.rmtree(checkpoint_dir(params, spec, spec.seeds[0]).parent, ignore_errors=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a key of `runs` in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--out", default="runs")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    info = train_run(run_spec(params, args.run), params, Path(args.prepared), Path(args.out))
+    print(f"{args.run}: trained {len(info['seeds'])} seed(s) x {info['epochs']} epochs x {info['steps_per_epoch']} "
+          f"steps on {info['hardware']} ({info['precision']}) in {info['train_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
