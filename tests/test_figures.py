@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmark.data.preview import data_preview
 from benchmark.reporting import figures
 
 
@@ -121,5 +122,5 @@ def test_dice_distributions_and_training_curves_are_deterministic(tmp_path):
 
 def test_placeholder_and_data_preview_still_work(tiny_data, tmp_path):
     figures.placeholder_figure(tmp_path / "skipped.png", "label_efficiency.png", "no run of row 'Ours'")
-    figures.data_preview(tiny_data, tmp_path / "preview.png", per_domain=2, seed=0)
+    data_preview(tiny_data, tmp_path / "preview.png", per_domain=2, seed=0)
     assert (tmp_path / "skipped.png").is_file() and (tmp_path / "preview.png").stat().st_size > 1000
