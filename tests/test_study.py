@@ -1,21 +1,35 @@
-"""benchmark.tools.study: trains variants x seeds, scores on fresh images only, applies the written rule."""
+"""benchmark.tools.study: trains conditions x variants x seeds, scores on fresh images only, applies the rule."""
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from benchmark.config import ConfigError
-from benchmark.tools.study import choose, collect, configured_variant, load_study, render_report, run_study
+from benchmark.tools import study as study_tool
+from benchmark.tools import study_ranking
+from benchmark.tools.study import (
+    check_one_commit,
+    collect,
+    configured_variant,
+    decide,
+    load_study,
+    render_report,
+    run_study,
+)
+from benchmark.tools.study_rule import EXTEND, KEEP, REPLACE, WAITING, Rule, choose, judge
 from tests.conftest import REPO
 
+RULE = {"replace_se": 2.0, "min_gain": 0.5, "extend_se": 1.0}
 
-def write_study(tmp_path, methods, seeds=(0, 1), tie_margin=1.0):
+
+def write_study(tmp_path, methods, seeds=(0, 1), extra_seeds=(), rule=RULE, **more):
     path = tmp_path / "study" / "study.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"rule": "best held-out Dice; ties to the first", "tie_margin": tie_margin,
-                                    "seeds": list(seeds), "heldout": {"generator_seeds": [8], "count": 3},
-                                    "methods": methods}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"rule": rule, "seeds": list(seeds), "extra_seeds": list(extra_seeds),
+                                    "heldout": {"generator_seeds": [8], "count": 3}, "methods": methods, **more},
+                                   sort_keys=False))
     return path
 
 
@@ -23,11 +37,12 @@ def test_tiny_study_trains_scores_resumes_and_reports(tiny_prepared, tmp_path):
     params, prepared = tiny_prepared
     params = copy.deepcopy(params)
     params["runs"]["strong_weak_10"] = {"method": "strong_weak", "row": "Strong-Weak", "strong_fraction": 0.25}
-    path = write_study(tmp_path, {"strong_weak": {"run": "strong_weak_10", "variants": {
+    path = write_study(tmp_path, {"strong_weak": {"run": "strong_weak_10", "source": "the source's words",
+                                                  "variants": {
         "plain": {"options": {"neck_layers": 0}}, "neck": {"options": {"neck_layers": 1}},
         "broken": {"options": {"neck_layers": 2}, "ineligible": "for the test"}}}})
     study = load_study(path, params)
-    run_study(study, params, prepared, ["strong_weak"])
+    run_study(study, params, prepared, ["strong_weak"], allow_dirty=True)
     results = collect(study)
     assert len(results) == 6 and set(results["n_images"]) == {3}
     assert results["dice"].between(0, 100).all() and results["smeasure"].between(0, 100).all()
@@ -35,24 +50,81 @@ def test_tiny_study_trains_scores_resumes_and_reports(tiny_prepared, tmp_path):
     scores = pd.read_csv(done)
     assert set(scores["generator_seed"]) == {8} and len(scores) == 3, "fresh images only, never the test split"
     stamp = done.stat().st_mtime_ns
-    run_study(study, params, prepared, ["strong_weak"])  # everything done: nothing re-trained
+    run_study(study, params, prepared, ["strong_weak"], allow_dirty=True)  # everything done: nothing re-trained
     assert done.stat().st_mtime_ns == stamp
     longer = copy.deepcopy(params)
     longer["train"]["epochs"] += 1  # a new default schedule: every score is from another protocol
-    assert "not one protocol, or not today's default schedule" in render_report(study, longer, results)
-    run_study(study, longer, prepared, ["strong_weak"])
+    assert "not one protocol" in render_report(study, longer, results)
+    run_study(study, longer, prepared, ["strong_weak"], allow_dirty=True)
     assert set(collect(study)["epochs"]) == {longer["train"]["epochs"]}, "re-trained at the new schedule"
-    assert "re-run the study" not in render_report(study, longer, collect(study))
-    chosen, _ = choose(study, results, "strong_weak")
-    assert chosen in ("plain", "neck")
-    report = render_report(study, params, results)
+    report = render_report(study, longer, collect(study))
+    assert "not at one schedule" not in report
     assert "broken (ineligible)" in report and "plain (reference)" in report and "**Choice:**" in report
+    assert "Source (the reference follows it): the source's words" in report
     assert configured_variant(study, params, "strong_weak") == "neck", "the method's default neck_layers is 1"
 
 
-def fake_results(scores):
-    return pd.DataFrame([{"method": "m", "variant": v, "seed": s, "n_images": 10, "dice": d, "smeasure": d}
-                         for v, per_seed in scores.items() for s, d in enumerate(per_seed)])
+def test_a_condition_trains_on_its_own_data_and_a_variant_only_where_it_is_listed(tiny_prepared, tmp_path):
+    params, prepared = tiny_prepared
+    path = write_study(tmp_path, {"strong_only_10": {"run": "strong_only_10", "variants": {"plain": {}}},
+                                  "strong_only_100": {"run": "strong_only_100", "variants": {
+                                      "plain": {}, "bigger": {"options": {}, "conditions": ["large"]}}}},
+                       seeds=(0,), conditions={"small": {}, "large": {"data": {"image_size": 64}}},
+                       settings={"train": {"precision": "fp32"}}, ranking={"reference": "strong_only_100"})
+    study = load_study(path, params)
+    run_study(study, params, prepared, study.entries(), allow_dirty=True)
+    results = collect(study)
+    assert sorted(map(tuple, results[["condition", "entry", "variant"]].to_numpy())) == [
+        ("large", "strong_only_10", "plain"), ("large", "strong_only_100", "bigger"),
+        ("large", "strong_only_100", "plain"), ("small", "strong_only_10", "plain"),
+        ("small", "strong_only_100", "plain")]
+    assert dict(zip(results["condition"], results["image_size"])) == {"small": 32, "large": 64}
+    assert set(results["precision"]) == {"fp32"}
+    assert (study.folder / "scores" / "large" / "strong_only_100" / "bigger" / "seed_0.csv").is_file()
+    assert len(list((study.work / "prepared").glob("*/manifest.csv"))) == 1, "only the 64 px condition prepares"
+    report = render_report(study, params, results)
+    assert "## Ranking per condition" in report and "| Strong-Only 10% |" in report
+    assert "## The paper's Table-1 claims per condition" in report and "not judged (one seed)" in report
+
+
+@pytest.mark.parametrize("differences, seeds_done, state", [
+    ([2.0, 2.1, 1.9], 3, REPLACE),  # +2.0, SE 0.06: far beyond both bars
+    ([0.4, 0.45, 0.35], 3, KEEP),  # many SE, but not above 0.5 Dice points
+    ([6.0, -2.5, 6.0], 3, EXTEND),  # like the fairness study's Strong-Weak: +3.17 ± 2.83 SE, about 1.1 SE
+    ([1.0, -1.0, 0.5], 3, KEEP),  # +0.17 ± 0.6 SE: below 1 SE, the reference stays at once
+    ([6.0, -2.5, 6.0, 1.0], 4, EXTEND),  # the extra seeds are on their way
+    ([6.0, -2.5, 6.0, -2.0, 0.1], 5, KEEP),  # decided at five: +1.52 ± 1.88 SE
+    ([6.0, 3.0, 6.0, 2.0, 4.1], 5, REPLACE),  # +4.22 ± 0.80 SE
+    ([3.0, 2.0], 2, WAITING),
+])
+def test_the_rule_replaces_only_beyond_two_standard_errors_and_extends_between_one_and_two(
+        differences, seeds_done, state):
+    assert judge(differences, Rule(), seeds=3, extra_seeds=2).state == state
+
+
+def test_choose_waits_for_extensions_and_picks_the_largest_passing_gain():
+    rule = Rule()
+    assert choose("ref", {"a": judge([6.0, -2.5, 6.0], rule, 3, 2)})[0] is None
+    chosen, why = choose("ref", {"a": judge([2.0, 2.1, 1.9], rule, 3, 2), "b": judge([3.0, 3.1, 2.9], rule, 3, 2)})
+    assert chosen == "b" and "beats the reference ref" in why
+    assert choose("ref", {"a": judge([0.2, 0.1, 0.3], rule, 3, 2)})[0] == "ref"
+
+
+def test_a_study_file_may_not_loosen_the_rule_nor_use_the_retired_tie_margin(tiny_prepared, tmp_path):
+    params = tiny_prepared[0]
+    methods = {"strong_only": {"run": "strong_only_10", "variants": {"x": {}}}}
+    with pytest.raises(ConfigError, match="may not be looser"):
+        load_study(write_study(tmp_path, methods, rule={"replace_se": 1.0, "min_gain": 0.5, "extend_se": 1.0}), params)
+    path = write_study(tmp_path, methods)
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "tie_margin": 1.0}))
+    with pytest.raises(ConfigError, match="tie_margin belongs to the retired rule"):
+        load_study(path, params)
+
+
+def fake_results(scores, entry="ours", condition="default"):
+    return pd.DataFrame([{"condition": condition, "entry": entry, "variant": v, "seed": s, "n_images": 10, "dice": d,
+                          "smeasure": d} for v, per_seed in scores.items() for s, d in enumerate(per_seed)])
 
 
 @pytest.fixture()
@@ -60,24 +132,58 @@ def three_variant_study(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     path = write_study(tmp_path, {"ours": {"run": "ours_10", "variants": {
         "a": {"options": {"prompt_levels": "fd"}, "ineligible": "degenerate"},
-        "b": {"options": {"prompt_levels": "all"}}, "c": {"options": {"fd_levels": "all"}}}}}, seeds=(0, 1, 2))
+        "b": {"options": {"prompt_levels": "all"}}, "c": {"options": {"fd_levels": "all"}}}}},
+        seeds=(0, 1, 2), extra_seeds=(3, 4))
     return load_study(path, params)
 
 
-def test_rule_needs_more_than_the_tie_margin_and_never_picks_an_ineligible_variant(three_variant_study):
+def test_decide_never_picks_an_ineligible_variant_and_asks_for_extra_seeds(three_variant_study):
     study = three_variant_study
-    results = fake_results({"a": [90, 90, 90], "b": [40, 41, 42], "c": [41, 42, 43]}).assign(method="ours")
-    assert choose(study, results, "ours")[0] == "b", "c's +1.0 is not more than the margin; a is ineligible"
-    results = fake_results({"a": [90, 90, 90], "b": [40, 41, 42], "c": [42, 42, 43]}).assign(method="ours")
-    assert choose(study, results, "ours")[0] == "c"
+    results = fake_results({"a": [90, 90, 90], "b": [40, 41, 42], "c": [42.5, 43, 44.5]})
+    assert decide(study, results, "ours", "default")[0] == "c", "+2.33 ± 0.33 SE over b; a is ineligible"
+    results = fake_results({"a": [90, 90, 90], "b": [40, 41, 42], "c": [46, 39, 47]})
+    chosen, why = decide(study, results, "ours", "default")
+    assert chosen is None and "training the extra seeds" in why, "+3.00 ± 2.52 SE: between the bounds"
+    assert study_tool.extended(study, results, "ours", "default") == {"b", "c"}
     partial = results[~((results["variant"] == "c") & (results["seed"] == 2))]
-    assert choose(study, partial, "ours")[0] is None, "no decision before every eligible variant has every seed"
+    assert decide(study, partial, "ours", "default")[0] is None, "no decision before every seed has scores"
 
 
-def test_study_file_errors_name_the_key(tiny_prepared, tmp_path):
-    params = tiny_prepared[0]
-    with pytest.raises(ConfigError, match="options"):
-        load_study(write_study(tmp_path, {"strong_only": {"run": "strong_only_10", "variants": {
-            "x": {"options": {"no_such_option": 1}}}}}), params)
-    with pytest.raises(ConfigError, match="a run of method"):
-        load_study(write_study(tmp_path, {"dcr": {"run": "strong_only_10", "variants": {"x": {}}}}), params)
+def test_training_refuses_a_dirty_tree_and_another_commit(three_variant_study, monkeypatch):
+    study = three_variant_study
+    monkeypatch.setattr(study_tool, "git_state", lambda: {"git_commit": "a" * 40, "git_dirty": True})
+    with pytest.raises(ConfigError, match="uncommitted changes"):
+        check_one_commit(study, allow_dirty=False)
+    check_one_commit(study, allow_dirty=True)
+    monkeypatch.setattr(study_tool, "git_state", lambda: {"git_commit": "a" * 40, "git_dirty": False})
+    earlier = study.folder / "scores" / "ours" / "b" / "seed_0.csv"
+    earlier.parent.mkdir(parents=True)
+    pd.DataFrame({"git_commit": ["b" * 40]}).to_csv(earlier, index=False)
+    with pytest.raises(ConfigError, match="scores from commit bbbbbbbbbb"):
+        check_one_commit(study, allow_dirty=False)
+
+
+def test_the_protocol_line_fails_on_two_commits_or_a_dirty_tree(three_variant_study):
+    study, params = three_variant_study, yaml.safe_load((REPO / "params.yaml").read_text())
+    results = fake_results({"b": [40, 41, 42]}).assign(epochs=params["train"]["epochs"],
+                                                       image_size=params["data"]["image_size"], precision="fp32",
+                                                       git_commit="a" * 40, git_dirty=False)
+    assert "one protocol (one commit" in study_tool.protocol_line(study, results, params)
+    two = results.assign(git_commit=["a" * 40, "b" * 40, "a" * 40])
+    assert "trainings at 2 commits" in study_tool.protocol_line(study, two, params)
+    dirty = results.assign(git_dirty=[False, True, False])
+    assert "uncommitted changes" in study_tool.protocol_line(study, dirty, params)
+
+
+def test_kendall_tau_and_its_interval_follow_the_rankings():
+    rng = np.random.default_rng(0)
+    first = {f"e{k}": 0.1 * k + 0.01 * rng.standard_normal((3, 50)) for k in range(5)}
+    same = {name: matrix + 0.2 for name, matrix in first.items()}
+    reversed_ = {f"e{k}": -0.1 * k + 0.01 * rng.standard_normal((3, 50)) for k in range(5)}
+    tau, low, high, n = study_ranking.kendall_tau(first, same, resamples=200)
+    assert n == 5 and tau == pytest.approx(1.0) and low == pytest.approx(1.0)
+    tau, low, high, _ = study_ranking.kendall_tau(first, reversed_, resamples=200)
+    assert tau == pytest.approx(-1.0) and high == pytest.approx(-1.0)
+    noisy = {name: 0.5 + 0.3 * rng.standard_normal((3, 50)) for name in first}
+    tau, low, high, _ = study_ranking.kendall_tau(first, noisy, resamples=200)
+    assert low < tau < high and low < 0 < high, "no real order in the second: the interval spans 0"

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from benchmark.cli import run_cli
@@ -37,10 +38,28 @@ def synthetic_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]
 
 
 def real_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]:
-    from benchmark.real import load_real_domains  # imported lazily: pydicom/OpenCV only matter for real data
+    from benchmark.data.real import load_real_domains  # imported lazily: pydicom/OpenCV only matter for real data
 
     domains, report = load_real_domains(data_params)
     return domains, {"source": "real", **report}
+
+
+def prepare(data_params: dict, out: Path, preview: Path) -> pd.DataFrame:
+    """Build the prepared data of `data_params` (params.yaml `data`, validated) into `out`; its manifest."""
+    builders = {"synthetic": synthetic_domains, "real": real_domains}
+    start = time.perf_counter()
+    domains, report = builders[data_params["source"]](data_params)
+    # no timing in the report: every stage downstream depends on data/prepared, which must be byte-identical
+    # when the inputs are (a re-run of this stage then invalidates nothing)
+    seconds = time.perf_counter() - start
+    manifest = write_prepared(
+        out, domains, split_seed=int(data_params["split_seed"]), test_fraction=float(data_params["test_fraction"]),
+        box_margin=int(data_params["box_margin"]), split=data_params["split"], report=report,
+    )
+    data_preview(load_prepared(out), preview, seed=int(data_params["split_seed"]))
+    counts = manifest.groupby(["domain", "split"]).size().to_dict()
+    print(json.dumps({f"{d}/{s}": int(n) for (d, s), n in counts.items()}) + f" (built in {seconds:.1f} s)")
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,22 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(PREPARED_DIR))
     parser.add_argument("--preview", default=str(PREVIEW_PATH))
     args = parser.parse_args(argv)
-
-    data_params = load_params(args.params)["data"]  # checked: source and split are known values
-    builders = {"synthetic": synthetic_domains, "real": real_domains}
-    start = time.perf_counter()
-    domains, report = builders[data_params["source"]](data_params)
-    split = data_params["split"]
-    # no timing in the report: every stage downstream depends on data/prepared, which must be byte-identical
-    # when the inputs are (a re-run of this stage then invalidates nothing)
-    seconds = time.perf_counter() - start
-    manifest = write_prepared(
-        args.out, domains, split_seed=int(data_params["split_seed"]), test_fraction=float(data_params["test_fraction"]),
-        box_margin=int(data_params["box_margin"]), split=split, report=report,
-    )
-    data_preview(load_prepared(args.out), args.preview, seed=int(data_params["split_seed"]))
-    counts = manifest.groupby(["domain", "split"]).size().to_dict()
-    print(json.dumps({f"{d}/{s}": int(n) for (d, s), n in counts.items()}) + f" (built in {seconds:.1f} s)")
+    prepare(load_params(args.params)["data"], Path(args.out), Path(args.preview))  # checked: source, split known
 
 
 if __name__ == "__main__":
