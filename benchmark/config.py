@@ -118,6 +118,42 @@ SbatchOption = Annotated[str, Field(pattern=r"^\s*(#SBATCH\s+)?--[A-Za-z0-9][A-Z
 Percentiles = Annotated[PercentilePair | None, Field(description="null or [low, high] with 0 <= low < high <= 100")]
 
 
+# Folders of the project that hold results, data, code or records. A folder the pipeline deletes from (the
+# checkpoints) may be none of them, lie inside none of them and hold none of them; a study's git-ignored
+# scratch, studies/<study>/work/, is the one place inside them it may use.
+PROTECTED_FOLDERS = ("runs", "data", "reports", "benchmark", "methods", "tests", "measurements", "profiles", "studies",
+                     ".git", ".dvc")
+
+
+def own_folder_problem(value: str, root: Path | None = None) -> str | None:
+    """Why `value` (relative to the project root, the working directory of every stage) cannot be a folder the
+    pipeline deletes from; None when it can."""
+    root = (root or Path.cwd()).resolve()
+    path = (root / Path(value).expanduser()).resolve()
+    if path == root or root.is_relative_to(path):
+        return "it is the project folder or one above it"
+    for name in PROTECTED_FOLDERS:
+        if path.is_relative_to(root / name):
+            inside = path.relative_to(root / name).parts
+            if name == "studies" and len(inside) >= 2 and inside[1] == "work":
+                return None
+            return f"it lies inside {name}/, which holds the project's {'results' if name == 'runs' else 'files'}"
+    return None
+
+
+def _own_folder(value: str) -> str:
+    problem = own_folder_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+OwnFolder = Annotated[str, Field(min_length=1, description=(
+    "a folder of its own (default: checkpoints): not the project folder, nor inside "
+    + ", ".join(f"{name}/" for name in PROTECTED_FOLDERS) + " (studies/<study>/work/ excepted)")),
+    AfterValidator(_own_folder)]
+
+
 def method_names() -> list[str]:
     """The method files under methods/ (found without importing the package, which needs torch)."""
     found = importlib.util.find_spec("methods")
@@ -234,7 +270,7 @@ class Train(Section):
     channels_last: Flag
     compile: Flag
     deterministic: AutoOrFlag
-    checkpoint_dir: Text
+    checkpoint_dir: OwnFolder
     checkpoint_every_s: Number(ge=0)
 
 

@@ -124,6 +124,13 @@ CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
                          ["train.strong_share = 1.5: must be a number in [0, 1]"]),
     "seeds [-1]": ("train", {"seeds": [-1]}, ["seeds[0] = -1: seeds must be a non-empty list of distinct integers"]),
     "device gpu": ("train", {"train.device": "gpu"}, ['train.device = "gpu": must be auto, cpu, cuda or cuda:N']),
+    # issue 25: a checkpoint folder the cleanup would have taken results or the project with
+    "checkpoint_dir runs": ("train", {"train.checkpoint_dir": "runs"},
+                            ['train.checkpoint_dir = "runs": must be a folder of its own', "inside runs/"]),
+    "checkpoint_dir .": ("train", {"train.checkpoint_dir": "."},
+                         ['train.checkpoint_dir = ".": must be a folder of its own', "the project folder"]),
+    "checkpoint_dir data": ("evaluate", {"train.checkpoint_dir": "data"},
+                            ['train.checkpoint_dir = "data": must be a folder of its own', "inside data/"]),
 }
 
 
@@ -411,3 +418,37 @@ def test_a_method_option_error_names_its_key(one_run, tmp_path):
         code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs", run=run))
         assert_one_line_error(code, stderr, expected)
     assert not (tmp_path / "runs").exists()
+
+
+# -- issue 25: nothing a user types can delete what the pipeline did not write --------------------------------
+def test_the_checkpoint_cleanup_deletes_only_what_the_trainer_wrote(one_run, tmp_path):
+    """Before: the cleanup after a finished training was rmtree(<checkpoint_dir>/<run>), whatever it held."""
+    params, prepared, _ = one_run
+    folder = tmp_path / "checkpoints"
+    keep = [folder / RUN / "notes.txt", folder / RUN / "seed_0" / "mine.bin"]
+    for path in keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not the trainer's")
+    params = edited(params, {"train.checkpoint_dir": str(folder)})
+    train_run(run_spec(params, RUN), params, prepared, tmp_path / "runs", show_progress=False)
+    assert all(path.read_text() == "not the trainer's" for path in keep)
+    assert not (folder / RUN / "seed_0" / CHECKPOINT_NAME).exists(), "its own checkpoint is gone"
+    clean = edited(params, {"train.checkpoint_dir": str(tmp_path / "clean")})
+    train_run(run_spec(clean, RUN), clean, prepared, tmp_path / "runs_clean", show_progress=False)
+    assert not (tmp_path / "clean" / RUN).exists(), "and the folders it made, once empty"
+
+
+def test_prepare_never_replaces_a_folder_it_did_not_write(one_run, tmp_path):
+    """Before: `prepare --out <folder>` removed the folder with everything in it, then wrote the data there."""
+    params, _, _ = one_run
+    params_file = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "results"
+    (out / "ours_10").mkdir(parents=True)
+    (out / "ours_10" / "metrics.json").write_text("{}")
+    code, stderr = run_stage("prepare", "--params", params_file, "--out", out, "--preview", tmp_path / "p.png")
+    assert_one_line_error(code, stderr, f"{out}: holds ours_10, not only prepared data")
+    assert (out / "ours_10" / "metrics.json").read_text() == "{}"
+    prepared = tmp_path / "prepared"
+    assert run_stage("prepare", "--params", params_file, "--out", prepared, "--preview", tmp_path / "p.png")[0] == 0
+    assert run_stage("prepare", "--params", params_file, "--out", prepared, "--preview", tmp_path / "p.png")[0] == 0, \
+        "a folder prepare wrote is replaced"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from benchmark.cli import run_cli
 from benchmark.config import load_params
-from benchmark.data.prepared import DomainArrays, load_prepared, write_prepared
+from benchmark.data.prepared import DomainArrays, check_replaceable, load_prepared, write_prepared
 from benchmark.data.preview import data_preview
 from benchmark.data.synthetic import generate_domain
 
@@ -46,6 +46,7 @@ def real_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]:
 
 def prepare(data_params: dict, out: Path, preview: Path) -> pd.DataFrame:
     """Build the prepared data of `data_params` (params.yaml `data`, validated) into `out`; its manifest."""
+    check_replaceable(out)  # before the work: a folder prepare did not write is never replaced
     builders = {"synthetic": synthetic_domains, "real": real_domains}
     start = time.perf_counter()
     domains, report = builders[data_params["source"]](data_params)

@@ -30,6 +30,7 @@ from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
 DOMAINS = ("cbis", "inbreast")
+PREPARED_FILES = (*(f"{name}.npz" for name in DOMAINS), "manifest.csv", "prepare_report.json")  # all it writes
 MANIFEST_COLUMNS = [
     "image_id", "domain", "index", "split", "strong_rank", "source",
     "box_x0", "box_y0", "box_x1", "box_y1", "boxes", "n_components", "mask_area", "box_area",
@@ -129,9 +130,23 @@ def assign_split_and_rank(manifest: pd.DataFrame, seed: int, test_fraction: floa
     return manifest
 
 
-def _atomic_replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
+    """Prepare replaces only a folder it wrote: refuse one that holds anything else (runs, code, a user's data)."""
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in PREPARED_FILES) \
+            if out_dir.is_dir() else [out_dir.name]
+        if foreign:
+            raise ConfigError(f"{out_dir}: holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, "
+                              "not only prepared data; prepare writes into a new folder or one it wrote before "
+                              "(nothing was changed).")
+
+
+def _atomic_replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    check_replaceable(out_dir)
+    if out_dir.exists():
+        for name in PREPARED_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        out_dir.rmdir()
     os.replace(tmp_dir, out_dir)
 
 
@@ -146,6 +161,7 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
     for name in DOMAINS:
         if len(domains[name].images) == 0:
             raise ValueError(f"prepare produced zero usable images for domain '{name}'; nothing was written.")
+    check_replaceable(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)

@@ -50,7 +50,6 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -286,6 +285,18 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
 
 def checkpoint_dir(params: dict[str, Any], spec: RunSpec, seed: int) -> Path:
     return Path(params["train"]["checkpoint_dir"]).expanduser() / spec.name / f"seed_{seed}"
+
+
+def remove_checkpoints(params: dict[str, Any], spec: RunSpec) -> None:
+    """Delete what this trainer wrote under <checkpoint_dir>/<run>/, each seed's checkpoint and its temporary,
+    then the folders that leaves empty: whatever else a misplaced folder holds stays where it is."""
+    for seed in spec.seeds:
+        folder = checkpoint_dir(params, spec, seed)
+        for name in (CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp"):
+            (folder / name).unlink(missing_ok=True)
+        for empty in (folder, folder.parent):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                empty.rmdir()
 
 
 @contextlib.contextmanager
@@ -595,7 +606,7 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             "seeds": seeds_info,
         }
         atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
-        shutil.rmtree(checkpoint_dir(params, spec, spec.seeds[0]).parent, ignore_errors=True)
+        remove_checkpoints(params, spec)
     return info
 
 
