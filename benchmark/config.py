@@ -360,8 +360,23 @@ def validate_params(params: Any, source: str = "params.yaml") -> dict[str, Any]:
     return _validate(Params, params, source).model_dump(exclude_unset=True)
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names one key twice: YAML's loaders keep the last silently, DVC refuses the file."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML as DVC reads it (YAML 1.2 numbers): 1e-4 and 1.0e6 are floats, not the strings of YAML 1.1."""
+    """YAML as DVC reads it (YAML 1.2 numbers): 1e-4 and 1.0e6 are floats, not the strings of YAML 1.1; a key
+    given twice in one mapping is an error, as it is for DVC, not a silent "the last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise DuplicateKeyError(None, None, f"the key {key!r} appears twice in one mapping (first on line "
+                                        f"{seen[key].start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),

@@ -452,3 +452,16 @@ def test_prepare_never_replaces_a_folder_it_did_not_write(one_run, tmp_path):
     assert run_stage("prepare", "--params", params_file, "--out", prepared, "--preview", tmp_path / "p.png")[0] == 0
     assert run_stage("prepare", "--params", params_file, "--out", prepared, "--preview", tmp_path / "p.png")[0] == 0, \
         "a folder prepare wrote is replaced"
+
+
+def test_a_key_given_twice_in_params_yaml_is_refused_not_the_last_one_silently_kept(one_run, tmp_path):
+    """Before: `epochs: 1` then `epochs: 7` trained 7 epochs without a word (DVC itself refuses such a file)."""
+    params, prepared, _ = one_run
+    text = yaml.safe_dump(params, sort_keys=False)
+    assert text.count("  epochs: 1\n") == 1
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(text.replace("  epochs: 1\n", "  epochs: 1\n  lr: 0.001\n  epochs: 7\n"))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
+    assert_one_line_error(code, stderr, f"{params_file}: not valid YAML (line",
+                          "the key 'epochs' appears twice in one mapping (first on line")
+    assert not (tmp_path / "runs").exists()
