@@ -19,6 +19,11 @@ class MissingOutputError(ReportedError, FileNotFoundError):
     """A stage's input that an earlier stage writes is absent; the message names the file and the stage."""
 
 
+class DamagedOutputError(ReportedError, ValueError):
+    """A stage's input that an earlier stage writes is there but unreadable or not what that stage writes (truncated,
+    edited, another format); the message names the file and the command that rebuilds it."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run an entry point's `main`; a ReportedError becomes its message on stderr and exit status 1."""
     try:

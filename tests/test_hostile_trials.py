@@ -465,3 +465,46 @@ def test_a_key_given_twice_in_params_yaml_is_refused_not_the_last_one_silently_k
     assert_one_line_error(code, stderr, f"{params_file}: not valid YAML (line",
                           "the key 'epochs' appears twice in one mapping (first on line")
     assert not (tmp_path / "runs").exists()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _float_images_with_nan(path: Path) -> None:
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    images = arrays["images"].astype(np.float32)
+    images[0, 0, 0] = np.nan
+    np.savez(path, **{**arrays, "images": images})
+
+
+def _mask_value_2(path: Path) -> None:
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["masks"][0, 0, 0] = 2
+    np.savez(path, **arrays)
+
+
+DAMAGES = {  # id: (file, how, fragment of the one-line error after the file's path)
+    "truncated cbis.npz": ("cbis.npz", _truncate, "damaged or not prepared data"),
+    "deleted cbis.npz": ("cbis.npz", lambda path: path.unlink(), "missing from the prepared data"),
+    "truncated manifest": ("manifest.csv", _truncate, "rows of this domain, but cbis.npz holds 20 images"),
+    "NaN in float images": ("cbis.npz", _float_images_with_nan, "arrays of float32, uint8 (prepare writes uint8)"),
+    "mask value 2": ("inbreast.npz", _mask_value_2, "masks or boxes with values other than 0 and 1"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_damaged_prepared_data_is_one_line_naming_the_file_and_how_to_rebuild_it(damage, stage, one_run, trained,
+                                                                                 tmp_path):
+    """Before: BadZipFile or IndexError tracebacks, or (NaN images) exit 0 with Dice 0.00 and RuntimeWarnings."""
+    params, prepared, _ = one_run
+    damaged = Path(shutil.copytree(prepared, tmp_path / "prepared"))
+    name, how, fragment = DAMAGES[damage]
+    how(damaged / name)
+    runs = copy_runs(trained, tmp_path) if stage == "evaluate" else tmp_path / "runs"
+    params_file = write_params(tmp_path / "params.yaml", params)
+    code, stderr = run_stage(stage, *stage_args(stage, params_file, damaged, runs))
+    assert_one_line_error(code, stderr, f"{damaged / name}: ", fragment, "dvc repro prepare")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from benchmark.cli import MissingOutputError
+from benchmark.cli import DamagedOutputError, MissingOutputError
 from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
@@ -210,14 +211,53 @@ class PreparedData:
         return np.sort(index[is_strong]), np.sort(index[~is_strong])
 
 
+REBUILD = "rebuild it with `dvc repro prepare` (or `python -m benchmark prepare`)"
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise MissingOutputError(f"{path}: prepared data not found. Run `dvc repro prepare` first.")
+    try:
+        manifest = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DamagedOutputError(f"{path}: unreadable ({type(error).__name__}); {REBUILD}.") from None
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise DamagedOutputError(f"{path}: no column {', '.join(missing[:3])}; {REBUILD}.")
+    return manifest
+
+
+def _read_domain(path: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """One domain's arrays, checked against what prepare writes: uint8 (N, H, W) images, masks and boxes of one
+    shape, masks and boxes in {0, 1}, N the manifest's row count of the domain and every index inside it."""
+    if not path.is_file():
+        raise MissingOutputError(f"{path}: missing from the prepared data; {REBUILD}.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("images", "masks", "boxes")}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as error:
+        raise DamagedOutputError(f"{path}: damaged or not prepared data ({type(error).__name__}); {REBUILD}.") from None
+    images = arrays["images"]
+    problem = None
+    if any(array.dtype != np.uint8 for array in arrays.values()):
+        problem = "arrays of " + ", ".join(sorted({str(a.dtype) for a in arrays.values()})) + " (prepare writes uint8)"
+    elif images.ndim != 3 or any(array.shape != images.shape for array in arrays.values()):
+        problem = f"images {images.shape}, masks {arrays['masks'].shape}, boxes {arrays['boxes'].shape}"
+    elif arrays["masks"].max(initial=0) > 1 or arrays["boxes"].max(initial=0) > 1:
+        problem = "masks or boxes with values other than 0 and 1"
+    if problem:
+        raise DamagedOutputError(f"{path}: {problem}; {REBUILD}.")
+    if len(images) != len(rows) or (len(rows) and not rows["index"].between(0, len(images) - 1).all()):
+        raise DamagedOutputError(f"{path.with_name('manifest.csv')}: {len(rows)} rows of this domain, but {path.name} "
+                                 f"holds {len(images)} images (one of them is truncated or from another prepare); "
+                                 f"{REBUILD}.")
+    return arrays
+
+
 def load_prepared(directory: str | Path) -> PreparedData:
+    """The prepared data, checked on load: a missing, truncated or edited file is one line naming it."""
     directory = Path(directory)
-    manifest_path = directory / "manifest.csv"
-    if not manifest_path.is_file():
-        raise MissingOutputError(f"{manifest_path}: prepared data not found. Run `dvc repro prepare` first.")
-    manifest = pd.read_csv(manifest_path)
-    arrays = {}
-    for name in DOMAINS:
-        with np.load(directory / f"{name}.npz") as npz:
-            arrays[name] = {key: npz[key] for key in ("images", "masks", "boxes")}
+    manifest = _read_manifest(directory / "manifest.csv")
+    arrays = {name: _read_domain(directory / f"{name}.npz", manifest[manifest["domain"] == name])
+              for name in DOMAINS}
     return PreparedData(manifest=manifest, arrays=arrays)
