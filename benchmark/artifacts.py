@@ -79,6 +79,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(path.read_text())
 
 
+def sha256_json(payload: Any) -> str:
+    """sha256 of a JSON-serialisable payload, independent of key order."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.artifacts import file_sha256
-from benchmark.data.prepared import PreparedData
+from benchmark.data.prepared import PreparedData, prepared_fingerprint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")
@@ -93,7 +93,8 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
                               "model_sha256": f"sha-{name}-{seed}", "provenance": {
             "git_commit": COMMIT, "git_dirty": seed in dirty_seeds, "started": "2024-01-01T00:00:00+00:00",
             "finished": "2024-01-01T00:01:00+00:00", "packages": {"python": "3.11", "torch": "2.0"},
-            "device": "CPU test (2 threads)", "seed": seed}} for seed in seeds},
+            "device": "CPU test (2 threads)", "seed": seed,
+            "fingerprint": {"data": prepared_fingerprint(data.directory)}}} for seed in seeds},
     }
     (folder / "train_info.json").write_text(json.dumps(info, indent=2))
 

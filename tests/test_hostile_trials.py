@@ -508,3 +508,50 @@ def test_damaged_prepared_data_is_one_line_naming_the_file_and_how_to_rebuild_it
     params_file = write_params(tmp_path / "params.yaml", params)
     code, stderr = run_stage(stage, *stage_args(stage, params_file, damaged, runs))
     assert_one_line_error(code, stderr, f"{damaged / name}: ", fragment, "dvc repro prepare")
+
+
+# -- issue 25: one run, one data set, one schedule ----------------------------------------------------------------
+def test_evaluate_and_report_refuse_a_run_trained_on_other_prepared_data(one_run, trained, tmp_path):
+    """data.split_seed changed, prepare, then evaluate + report by hand: 6 of 8 "test" images were training images."""
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    resplit = edited(params, {"data.split_seed": params["data"]["split_seed"] + 1})
+    params_file = write_params(tmp_path / "params.yaml", resplit)
+    other = tmp_path / "prepared"
+    assert run_stage("prepare", "--params", params_file, "--out", other, "--preview", tmp_path / "p.png")[0] == 0
+    for stage in ("evaluate", "report"):
+        code, stderr = run_stage(stage, *stage_args(stage, params_file, other, runs))
+        assert_one_line_error(code, stderr, f"{runs / RUN / 'train_info.json'}: seed(s) 0 were trained on other "
+                                            f"prepared data than {other} holds now", f"dvc repro train@{RUN}")
+    assert (runs / RUN / "metrics.json").is_file(), "evaluate refused before removing anything"
+
+
+def fabricated_pair(tmp_path: Path, prepared: Path, epochs: tuple[int, int] = (3, 3)) -> Path:
+    data, runs = load_prepared(prepared), tmp_path / "runs"
+    tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
+    for (name, fraction), run_epochs in zip((("strong_only_100", 1.0), ("strong_only_10", 0.1)), epochs):
+        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
+                      uses_weak=False, epochs=run_epochs,
+                      dice={domain: {0: np.full(len(rows), 0.5)} for domain, rows in tests.items()})
+    return runs
+
+
+def test_the_report_refuses_runs_of_two_schedules(tiny_prepared, tmp_path):
+    """One run re-trained by hand at 6 epochs, params restored: the summary said "6 epochs" for every run."""
+    params, prepared = tiny_prepared
+    runs = fabricated_pair(tmp_path, prepared, epochs=(3, 6))
+    params_file = write_params(tmp_path / "params.yaml", params)
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, "the runs were trained at 2 schedules (epochs 3,",
+                          ": strong_only_100; epochs 6,", ": strong_only_10)")
+    assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def test_the_report_names_the_data_the_runs_were_trained_on(tiny_prepared, tmp_path):
+    """data.source: real set, then the report alone: it said "the real CBIS-DDSM" of synthetic runs."""
+    params, prepared = tiny_prepared
+    runs = fabricated_pair(tmp_path, prepared)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"data.source": "real"}))
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, f"params.yaml data.source is real, but {prepared} holds synthetic data")
+    assert not (tmp_path / "out" / "tables.md").exists()

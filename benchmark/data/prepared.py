@@ -21,11 +21,13 @@ import zipfile
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from benchmark.artifacts import file_sha256, sha256_json
 from benchmark.cli import DamagedOutputError, MissingOutputError
 from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
@@ -197,6 +199,7 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
 class PreparedData:
     manifest: pd.DataFrame
     arrays: dict[str, dict[str, np.ndarray]]  # domain -> {"images", "masks", "boxes"}
+    directory: Path | None = None  # the folder it was loaded from
 
     def rows(self, domain: str, split: str) -> pd.DataFrame:
         frame = self.manifest
@@ -254,10 +257,28 @@ def _read_domain(path: Path, rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return arrays
 
 
+def prepared_fingerprint(directory: str | Path) -> str:
+    """sha256 of every file of a prepared-data folder: what a training records as the data it was trained on."""
+    return sha256_json({path.name: file_sha256(path) for path in sorted(Path(directory).iterdir()) if path.is_file()})
+
+
+def check_trained_on(info: dict[str, Any], directory: str | Path, info_path: Path) -> None:
+    """A run's seeds must have been trained on the prepared data `directory` holds now: after another split, data
+    source or generator setting their numbers on today's test images would mix training and test images."""
+    current = prepared_fingerprint(directory)
+    recorded = {str(seed): ((entry.get("provenance") or {}).get("fingerprint") or {}).get("data")
+                for seed, entry in (info.get("seeds") or {}).items()}
+    other = sorted(seed for seed, value in recorded.items() if value != current)
+    if other:
+        raise ConfigError(f"{info_path}: seed(s) {', '.join(other)} were trained on other prepared data than "
+                          f"{directory} holds now (the data, its split or its source changed since); re-train the "
+                          f"run: dvc repro train@{info_path.parent.name}")
+
+
 def load_prepared(directory: str | Path) -> PreparedData:
     """The prepared data, checked on load: a missing, truncated or edited file is one line naming it."""
     directory = Path(directory)
     manifest = _read_manifest(directory / "manifest.csv")
     arrays = {name: _read_domain(directory / f"{name}.npz", manifest[manifest["domain"] == name])
               for name in DOMAINS}
-    return PreparedData(manifest=manifest, arrays=arrays)
+    return PreparedData(manifest=manifest, arrays=arrays, directory=directory)

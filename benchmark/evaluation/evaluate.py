@@ -41,7 +41,7 @@ from benchmark.artifacts import (
 )
 from benchmark.cli import MissingOutputError, run_cli
 from benchmark.config import ConfigError, check_trained_as, load_params, run_spec, validate_params
-from benchmark.data.prepared import PreparedData, load_prepared
+from benchmark.data.prepared import PreparedData, check_trained_on, load_prepared
 from benchmark.evaluation.metrics import authors_prediction_map, authors_scores, dice, smeasure
 from benchmark.training.runtime import configure_threads, pick_device
 from benchmark.training.sampling import normalise
@@ -138,6 +138,7 @@ def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs
     check_model_as_trained(params["model"], info, run_dir / "train_info.json")
     models = load_run_models(run_dir)
     data = load_prepared(prepared_dir)
+    check_trained_on(info, prepared_dir, run_dir / "train_info.json")
     # a stage killed halfway must not leave the previous evaluation looking complete
     remove_outputs(run_dir, EVALUATION_OUTPUTS)
     configure_threads(int(params["train"]["num_threads"]))

@@ -226,14 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     runs_dir, prepared, out = Path(args.runs), Path(args.prepared), Path(args.out)
     try:
-        results = collect(params, runs_dir)
+        results = collect(params, runs_dir, prepared)
     except (FileNotFoundError, KeyError, ValueError) as error:  # an unfinished or stale run: say which
         raise SystemExit(f"report: {error.args[0] if isinstance(error, KeyError) else error}") from None
     if not results:
         raise SystemExit("params.yaml configures no runs; nothing to report.")
+    prepare_report = read_json(prepared / "prepare_report.json")
+    if prepare_report.get("source") != params["data"]["source"]:
+        raise SystemExit(f"report: params.yaml data.source is {params['data']['source']}, but {prepared} holds "
+                         f"{prepare_report.get('source')} data; run `dvc repro` (prepare, then the runs).")
     try:
-        text = render(params, results, read_json(prepared / "prepare_report.json"), runs_dir,
-                      load_prepared(prepared), out.parent / "figures")
+        text = render(params, results, prepare_report, runs_dir, load_prepared(prepared), out.parent / "figures")
     except (FileNotFoundError, KeyError, ValueError) as error:  # a per_image.csv of an older or broken stage
         raise SystemExit(f"report: {error}") from error
     atomic_write_text(out, text)

@@ -18,6 +18,7 @@ import pandas as pd
 from benchmark.artifacts import file_sha256, read_json
 from benchmark.cli import MissingOutputError
 from benchmark.config import all_runs, check_trained_as
+from benchmark.data.prepared import check_trained_on
 
 DATASETS = {"cbis": "CBIS", "inbreast": "INbreast"}
 
@@ -137,8 +138,25 @@ def loss_not_decreasing(log: pd.DataFrame) -> list[str]:
                          f"{first['total']:.4g}, epoch {int(last['epoch'])}: {last['total']:.4g})")
     return notes
 
-def collect(params: dict[str, Any], runs_dir: Path) -> list[RunResult]:
-    """Every configured run, in params.yaml order; refuses any run whose outputs are stale (see the docstring)."""
+SCHEDULE_KEYS = ("epochs", "batch_size", "steps_per_epoch", "image_size")  # what makes two runs one protocol
+
+
+def check_one_schedule(results: list["RunResult"]) -> None:
+    """Every run of a report trained at one schedule: numbers of runs trained for 6 and 12 epochs side by side
+    would compare the schedules, not the methods."""
+    schedules: dict[tuple, list[str]] = {}
+    for result in results:
+        schedules.setdefault(tuple(result.info.get(key) for key in SCHEDULE_KEYS), []).append(result.name)
+    if len(schedules) > 1:
+        listed = "; ".join(", ".join(f"{key} {value}" for key, value in zip(SCHEDULE_KEYS, schedule))
+                           + f": {', '.join(names)}" for schedule, names in schedules.items())
+        raise ValueError(f"the runs were trained at {len(schedules)} schedules ({listed}); re-train the ones that "
+                         "differ from params.yaml (dvc repro) so one report compares one protocol")
+
+
+def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunResult]:
+    """Every configured run, in params.yaml order; refuses any run whose outputs are stale (see the docstring),
+    that was trained on other prepared data than `prepared` holds, or at another schedule than the others."""
     results = []
     for spec in all_runs(params):
         folder = runs_dir / spec.name
@@ -149,6 +167,7 @@ def collect(params: dict[str, Any], runs_dir: Path) -> list[RunResult]:
         _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds", "method", "strong_fraction",
                         "options"], folder / "train_info.json")
         check_trained_as(spec, info, folder / "train_info.json")
+        check_trained_on(info, prepared, folder / "train_info.json")
         _check_evaluated_models(metrics, info, folder)
         _check_output_hashes(metrics, folder)
         seeds = sorted(metrics["per_seed"], key=lambda seed: (int(seed) if str(seed).isdigit() else 0, str(seed)))
@@ -165,6 +184,7 @@ def collect(params: dict[str, Any], runs_dir: Path) -> list[RunResult]:
     for result in results:
         result.shared = keys[(result.row, result.strong)] > 1
         result.label = f"{result.row} {result.strong:g}%" + (f" [{result.name}]" if result.shared else "")
+    check_one_schedule(results)
     return results
 
 def per_image_scores(runs_dir: Path, result: RunResult, columns: list[str]) -> pd.DataFrame:

@@ -146,7 +146,7 @@ def protocol_lines(results: list[RunResult], frames: dict[str, pd.DataFrame], se
 def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any],
                   claims: list[str], protocol_lines: list[str]) -> list[str]:
     domains = prepare_report.get("domains", {})
-    source = params["data"].get("source", prepare_report.get("source", "synthetic"))
+    source = prepare_report["source"]  # the data the runs were trained on (report.main checked params agree)
     data_line = (
         "the **synthetic stand-in** (procedural CBIS-like and INbreast-like mammograms, benchmark/data/synthetic.py), "
         "not the real datasets: compare orderings, not absolute values, with the paper"

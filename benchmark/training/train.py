@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import hashlib
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -70,11 +69,12 @@ from benchmark.artifacts import (
     atomic_write_json,
     file_sha256,
     remove_outputs,
+    sha256_json,
 )
 from benchmark.cli import ReportedError, run_cli
 from benchmark.config import ConfigError, RunSpec, check_run_spec, load_params, run_spec, validate_params
 from benchmark.contract import TrainContext
-from benchmark.data.prepared import PreparedData, load_prepared
+from benchmark.data.prepared import PreparedData, load_prepared, prepared_fingerprint
 from benchmark.nn.losses import structure_window
 from benchmark.training.runtime import (
     autocast,
@@ -259,10 +259,6 @@ def check_divergence(run: str, seed: int, epoch: int, names: list[str], values: 
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------
-def _sha256_json(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
     """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
 
@@ -274,11 +270,10 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
     code_files = {name: Path(module.__file__) for name, module in list(sys.modules.items())
                   if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
     return {
-        "config": _sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
+        "config": sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
                               "strong_fraction": spec.strong_fraction, "options": spec.options}),
-        "data": _sha256_json({path.name: file_sha256(path) for path in sorted(prepared_dir.iterdir())
-                              if path.is_file()}),
-        "code": _sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
+        "data": prepared_fingerprint(prepared_dir),
+        "code": sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
         "torch": str(torch.__version__),
     }
 
