@@ -555,3 +555,22 @@ def test_the_report_names_the_data_the_runs_were_trained_on(tiny_prepared, tmp_p
     code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
     assert_one_line_error(code, stderr, f"params.yaml data.source is real, but {prepared} holds synthetic data")
     assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def test_params_edited_while_the_run_trains_fail_the_stage_and_leave_no_outputs(one_run, tmp_path, monkeypatch):
+    """train.lr edited during `dvc repro`: dvc.lock recorded the new value, train_info.json the old one, and
+    `dvc status` called the stage up to date."""
+    params, prepared, _ = one_run
+    params_file = write_params(tmp_path / "params.yaml", params)
+    real_train_run = trainer.train_run
+
+    def edit_midway(*args, **kwargs):
+        info = real_train_run(*args, **kwargs)
+        write_params(params_file, edited(params, {"train.lr": 0.5}))  # as if saved while it trained
+        return info
+
+    monkeypatch.setattr(trainer, "train_run", edit_midway)
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
+    assert_one_line_error(code, stderr, f"run {RUN}: {params_file} changed while it trained", "run `dvc repro` again")
+    assert not (tmp_path / "runs" / RUN / "train_info.json").exists()
+    assert not (tmp_path / "runs" / RUN / "models").exists()

@@ -259,6 +259,19 @@ def check_divergence(run: str, seed: int, epoch: int, names: list[str], values: 
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------
+def loaded_code(spec: RunSpec) -> dict[str, Path]:
+    """Module name -> file of every loaded module of the `benchmark` and `methods` packages: what the run executes
+    (the method's module is imported first, so its file is among them)."""
+    get_method(spec.method)
+    return {name: Path(module.__file__) for name, module in list(sys.modules.items())
+            if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
+
+
+def changed_while_training(watched: dict[Path, str]) -> list[str]:
+    """The watched files (path -> sha256 taken before training) whose content differs now, or that are gone."""
+    return [str(path) for path, digest in watched.items() if not path.is_file() or file_sha256(path) != digest]
+
+
 def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
     """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
 
@@ -266,9 +279,7 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
     # where and how often checkpoints are written changes no result, so a checkpoint survives a change of either
     train_params = {key: value for key, value in params["train"].items()
                     if key not in ("checkpoint_dir", "checkpoint_every_s")}
-    get_method(spec.method)  # imports the method's module, so its file is among the code below
-    code_files = {name: Path(module.__file__) for name, module in list(sys.modules.items())
-                  if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
+    code_files = loaded_code(spec)
     return {
         "config": sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
                               "strong_fraction": spec.strong_fraction, "options": spec.options}),
@@ -613,7 +624,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    info = train_run(run_spec(params, args.run), params, Path(args.prepared), Path(args.out))
+    spec = run_spec(params, args.run)
+    # DVC records the params and code it finds when the stage ends: an edit during training would be recorded as
+    # what trained these weights, and the stage would look up to date
+    watched = {path: file_sha256(path) for path in [Path(args.params), *loaded_code(spec).values()] if path.is_file()}
+    info = train_run(spec, params, Path(args.prepared), Path(args.out))
+    changed = changed_while_training(watched)
+    if changed:
+        remove_outputs(Path(args.out) / args.run, EVALUATION_OUTPUTS + TRAIN_OUTPUTS)
+        raise ReportedError(f"run {args.run}: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed "
+                            "while it trained, so its weights are not what the files now say; its outputs were "
+                            "removed: run `dvc repro` again.")
     print(f"{args.run}: trained {len(info['seeds'])} seed(s) x {info['epochs']} epochs x {info['steps_per_epoch']} "
           f"steps on {info['hardware']} ({info['precision']}) in {info['train_seconds']:.1f} s")
 
