@@ -19,9 +19,9 @@ import pandas as pd
 
 from benchmark.artifacts import file_sha256
 from benchmark.data.prepared import PreparedData, prepared_fingerprint
+from benchmark.evaluation.metrics import summarise
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")
 
 
 def authors_mdice_of(dice: float) -> float:
@@ -55,18 +55,7 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
     per_image = pd.DataFrame(rows)
     per_image.to_csv(folder / "per_image.csv", index=False)
 
-    per_seed_means = per_image.groupby(["dataset", "seed"])[list(METRICS)].mean() * 100
-    metrics: dict = {}
-    for dataset in tests:
-        means = per_seed_means.loc[dataset]
-        metrics[dataset] = {
-            **{metric: round(float(means[metric].mean()), 3) for metric in METRICS},
-            **{f"{metric}_std": round(float(means[metric].std(ddof=1)), 3) if len(seeds) > 1 else 0.0
-               for metric in METRICS},
-            "n_images": len(tests[dataset]), "n_empty_truth": 0, "n_seeds": len(seeds)}
-    metrics["per_seed"] = {str(seed): {dataset: {metric: round(float(per_seed_means.loc[(dataset, seed), metric]), 3)
-                                                 for metric in METRICS} for dataset in tests}
-                           for seed in seeds}
+    metrics: dict = summarise(per_image)  # the evaluate stage's own summary of its per_image.csv
     metrics.update({"resolution": "prepared (32 px)", "eval_seconds": eval_seconds,
                     "evaluated_models": {str(seed): f"sha-{name}-{seed}" for seed in seeds}})
 
@@ -109,5 +98,6 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
                             probabilities=np.stack(maps))
     outputs = ["per_image.csv"] + (["examples.npz"] if with_examples else [])
     metrics["outputs"] = {output: file_sha256(folder / output) for output in outputs}
+    metrics["inputs"] = {"train_info.json": file_sha256(folder / "train_info.json")}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))  # last, as the evaluate stage does
     return folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import shutil
 import signal
@@ -574,3 +575,33 @@ def test_params_edited_while_the_run_trains_fail_the_stage_and_leave_no_outputs(
     assert_one_line_error(code, stderr, f"run {RUN}: {params_file} changed while it trained", "run `dvc repro` again")
     assert not (tmp_path / "runs" / RUN / "train_info.json").exists()
     assert not (tmp_path / "runs" / RUN / "models").exists()
+
+
+def _edit_json(path: Path, edit) -> None:
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+@pytest.mark.parametrize("file, edit, fragment", [
+    ("train_info.json", lambda info: info.update(strong_fraction=0.5),
+     "train_info.json: not the file {run}/metrics.json was computed with"),
+    ("train_info.json", lambda info: info.update(method="ours"),
+     "train_info.json: not the file {run}/metrics.json was computed with"),
+    ("metrics.json", lambda metrics: metrics["cbis"].update(dice=91.23),
+     "metrics.json: its cbis numbers are not those of {run}/per_image.csv"),
+    ("metrics.json", lambda metrics: metrics["per_seed"]["0"]["inbreast"].update(smeasure=1.0),
+     "metrics.json: its per_seed numbers are not those of {run}/per_image.csv"),
+])
+def test_the_report_reads_rows_only_from_files_whose_hashes_and_numbers_check_out(tiny_prepared, tmp_path, file,
+                                                                                   edit, fragment):
+    """An edited train_info.json showed "Ours 50%" beside the paper's 50% row; an edited metrics.json a Dice of
+    91.23 beside a paired difference of +0.08."""
+    params, prepared = tiny_prepared
+    runs = fabricated_pair(tmp_path, prepared)
+    params_file = write_params(tmp_path / "params.yaml", params)
+    assert run_stage("report", *stage_args("report", params_file, prepared, runs))[0] == 0
+    _edit_json(runs / "strong_only_10" / file, edit)
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, str(runs / "strong_only_10" / fragment.format(run=runs / "strong_only_10")),
+                          "dvc repro evaluate@strong_only_10")

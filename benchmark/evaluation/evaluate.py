@@ -42,14 +42,13 @@ from benchmark.artifacts import (
 from benchmark.cli import MissingOutputError, run_cli
 from benchmark.config import ConfigError, check_trained_as, load_params, run_spec, validate_params
 from benchmark.data.prepared import PreparedData, check_trained_on, load_prepared
-from benchmark.evaluation.metrics import authors_prediction_map, authors_scores, dice, smeasure
+from benchmark.evaluation.metrics import authors_prediction_map, authors_scores, dice, smeasure, summarise
 from benchmark.training.runtime import configure_threads, pick_device
 from benchmark.training.sampling import normalise
 from benchmark.training.train import build_method
 
 TEST_SETS = {"cbis": "intra-domain", "inbreast": "cross-domain"}
 # per-image metrics of both protocols: threshold (dice, smeasure) and authors (authors_mdice, authors_smeasure)
-METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")
 
 
 @torch.no_grad()
@@ -70,28 +69,6 @@ def predict_probabilities(method, images_u8: np.ndarray, device: torch.device, b
                           desc: str = "predict") -> np.ndarray:
     """Sigmoid probabilities (N, H, W) float32 for uint8 images (N, H, W)."""
     return predict_maps(method, images_u8, device, batch_size, desc)[1]
-
-
-def summarise(per_image: pd.DataFrame) -> dict[str, Any]:
-    """Means in % per test set: over images per seed, then mean and std (ddof 1) over seeds, every metric."""
-    summary: dict[str, Any] = {}
-    per_seed = per_image.groupby(["dataset", "seed"], sort=False)[list(METRICS)].mean() * 100
-    for dataset, frame in per_image.groupby("dataset", sort=False):
-        seeds = per_seed.loc[dataset]
-        first_seed = frame[frame["seed"] == frame["seed"].iloc[0]]
-        summary[dataset] = {
-            **{metric: round(float(seeds[metric].mean()), 3) for metric in METRICS},
-            **{f"{metric}_std": round(float(seeds[metric].std(ddof=1)) if len(seeds) > 1 else 0.0, 3)
-               for metric in METRICS},
-            "n_images": int(len(first_seed)),
-            "n_empty_truth": int((first_seed["mask_area"] == 0).sum()),
-            "n_seeds": int(len(seeds)),
-        }
-    summary["per_seed"] = {
-        str(seed): {dataset: {metric: round(float(per_seed.loc[(dataset, seed), metric]), 3) for metric in METRICS}
-                    for dataset in per_image["dataset"].unique()}
-        for seed in per_image["seed"].unique()}
-    return summary
 
 
 def figure_example_ids(data: PreparedData, per_domain: int, seed: int) -> list[tuple[str, str]]:
@@ -176,6 +153,8 @@ def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs
     metrics = {**summarise(per_image), "resolution": f"prepared ({data.arrays['cbis']['images'].shape[-1]} px)",
                "threshold": threshold, "evaluated_models": model_hashes,
                "outputs": {name: file_sha256(run_dir / name) for name in ("per_image.csv", "examples.npz")},
+               # what the report reads the row's method, fraction and schedule from: covered by this record
+               "inputs": {"train_info.json": file_sha256(run_dir / "train_info.json")},
                "eval_seconds": round(time.perf_counter() - started, 2)}
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the outputs complete
     return metrics

@@ -1,4 +1,5 @@
-"""Per-image Dice and S-measure under the two evaluation protocols of `evaluate.protocol`.
+"""Per-image Dice and S-measure under the two evaluation protocols of `evaluate.protocol`, and their summary
+per run (`summarise`: the numbers metrics.json holds, recomputable from per_image.csv).
 
 Protocol `threshold` (shared/reference/evaluation.md):
 
@@ -16,12 +17,16 @@ min-max-normalised map, averaged) and the S-measure of the same maps.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from py_sod_metrics import DICEHandler, FmeasureV2, Smeasure
 
 AUTHORS_EPSILON = 1e-8  # test.py: (res - min) / (max - min + 1e-8)
+METRICS = ("dice", "smeasure", "authors_mdice", "authors_smeasure")  # per image, every protocol
 
 
 def _binary(mask: np.ndarray, name: str) -> np.ndarray:
@@ -93,3 +98,25 @@ def authors_scores(prediction_map: np.ndarray, truth: np.ndarray) -> tuple[float
     structure = Smeasure()
     structure.step(pred=prediction_map, gt=truth_u8)
     return float(fmeasure.get_results()["dice"]["dynamic"].mean()), float(structure.get_results()["sm"])
+
+
+def summarise(per_image: pd.DataFrame) -> dict[str, Any]:
+    """Means in % per test set: over images per seed, then mean and std (ddof 1) over seeds, every metric."""
+    summary: dict[str, Any] = {}
+    per_seed = per_image.groupby(["dataset", "seed"], sort=False)[list(METRICS)].mean() * 100
+    for dataset, frame in per_image.groupby("dataset", sort=False):
+        seeds = per_seed.loc[dataset]
+        first_seed = frame[frame["seed"] == frame["seed"].iloc[0]]
+        summary[dataset] = {
+            **{metric: round(float(seeds[metric].mean()), 3) for metric in METRICS},
+            **{f"{metric}_std": round(float(seeds[metric].std(ddof=1)) if len(seeds) > 1 else 0.0, 3)
+               for metric in METRICS},
+            "n_images": int(len(first_seed)),
+            "n_empty_truth": int((first_seed["mask_area"] == 0).sum()),
+            "n_seeds": int(len(seeds)),
+        }
+    summary["per_seed"] = {
+        str(seed): {dataset: {metric: round(float(per_seed.loc[(dataset, seed), metric]), 3) for metric in METRICS}
+                    for dataset in per_image["dataset"].unique()}
+        for seed in per_image["seed"].unique()}
+    return summary

@@ -19,6 +19,7 @@ from benchmark.artifacts import file_sha256, read_json
 from benchmark.cli import MissingOutputError
 from benchmark.config import all_runs, check_trained_as
 from benchmark.data.prepared import check_trained_on
+from benchmark.evaluation.metrics import summarise
 
 DATASETS = {"cbis": "CBIS", "inbreast": "INbreast"}
 
@@ -115,9 +116,10 @@ def _check_evaluated_models(metrics: dict[str, Any], info: dict[str, Any], folde
                          "lists (the run was re-trained after its evaluation); run `dvc repro` to re-evaluate it.")
 
 def _check_output_hashes(metrics: dict[str, Any], folder: Path) -> None:
-    """per_image.csv and examples.npz must be the files metrics.json was computed with (not edited, not copied
-    from another run); a missing examples.npz only leaves Fig. 3 without that run."""
-    for name, recorded in metrics["outputs"].items():
+    """per_image.csv and examples.npz must be the files metrics.json was computed with, and train_info.json the
+    one it evaluated (not edited, not copied from another run); a missing examples.npz only leaves Fig. 3
+    without that run."""
+    for name, recorded in {**metrics["outputs"], **metrics["inputs"]}.items():
         path = folder / name
         if not path.is_file():
             if name == "examples.npz":
@@ -127,6 +129,30 @@ def _check_output_hashes(metrics: dict[str, Any], folder: Path) -> None:
             raise ValueError(f"{path}: not the file {folder / 'metrics.json'} was computed with (its sha256 differs "
                              "from the one recorded there: it was changed or copied from another run since); "
                              f"re-evaluate the run: dvc repro evaluate@{folder.name}")
+
+NUMBER_TOLERANCE = 0.002  # metrics.json keeps 3 decimals: a recomputation may round the last one the other way
+
+
+def _check_numbers(metrics: dict[str, Any], folder: Path) -> None:
+    """metrics.json's numbers must be the ones its per_image.csv gives (the evaluate stage's own summary of it):
+    the tables read them, so an edited number would sit beside paired comparisons computed from the images."""
+    recomputed = summarise(pd.read_csv(folder / "per_image.csv", dtype={"image_id": str, "dataset": str}))
+    for key in ("per_seed", *DATASETS):
+        if not _same_numbers(metrics.get(key), recomputed.get(key)):
+            raise ValueError(f"{folder / 'metrics.json'}: its {key} numbers are not those of "
+                             f"{folder / 'per_image.csv'} (edited since the evaluation?); re-evaluate the run: "
+                             f"dvc repro evaluate@{folder.name}")
+
+
+def _same_numbers(recorded: Any, recomputed: Any) -> bool:
+    if isinstance(recomputed, dict):
+        return isinstance(recorded, dict) and set(recorded) >= set(recomputed) and \
+            all(_same_numbers(recorded[key], value) for key, value in recomputed.items())
+    try:
+        return abs(float(recorded) - float(recomputed)) <= NUMBER_TOLERANCE
+    except (TypeError, ValueError):
+        return False
+
 
 def loss_not_decreasing(log: pd.DataFrame) -> list[str]:
     """Per seed of a train_log.csv: a note when its last epoch's mean total loss is not below its first's."""
@@ -161,7 +187,7 @@ def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunR
     for spec in all_runs(params):
         folder = runs_dir / spec.name
         metrics, info = read_json(folder / "metrics.json"), read_json(folder / "train_info.json")
-        _require(metrics, ["cbis", "inbreast", "per_seed", "resolution", "eval_seconds", "outputs"],
+        _require(metrics, ["cbis", "inbreast", "per_seed", "resolution", "eval_seconds", "outputs", "inputs"],
                  folder / "metrics.json")
         _require(metrics["cbis"], ["authors_mdice", "authors_smeasure"], folder / "metrics.json")
         _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds", "method", "strong_fraction",
@@ -170,6 +196,7 @@ def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunR
         check_trained_on(info, prepared, folder / "train_info.json")
         _check_evaluated_models(metrics, info, folder)
         _check_output_hashes(metrics, folder)
+        _check_numbers(metrics, folder)
         seeds = sorted(metrics["per_seed"], key=lambda seed: (int(seed) if str(seed).isdigit() else 0, str(seed)))
         if not seeds:
             raise ValueError(f"{folder / 'metrics.json'}: per_seed is empty")
