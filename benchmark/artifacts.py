@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.cli import MissingOutputError
+from benchmark.cli import DamagedOutputError, MissingOutputError
 
 # what each stage writes into runs/<run>/ (directories end with "/"), the file marking completion first,
 # the order in which a starting stage removes them
@@ -76,7 +76,11 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise MissingOutputError(f"{path}: missing. Run the stage that writes it (`dvc repro`).")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedOutputError(f"{path}: not valid JSON ({error}); re-run the stage that writes it "
+                                 "(`dvc repro`).") from None
 
 
 def sha256_json(payload: Any) -> str:

@@ -605,3 +605,28 @@ def test_the_report_reads_rows_only_from_files_whose_hashes_and_numbers_check_ou
     code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
     assert_one_line_error(code, stderr, str(runs / "strong_only_10" / fragment.format(run=runs / "strong_only_10")),
                           "dvc repro evaluate@strong_only_10")
+
+
+def test_a_training_refused_on_a_params_value_leaves_no_earlier_evaluation(one_run, trained, tmp_path):
+    """`epochs: 0` under `dvc repro`: DVC removed the weights and train_info.json, but metrics.json, per_image.csv
+    and examples.npz stayed and `dvc metrics show` listed them."""
+    params, prepared, _ = one_run
+    runs = copy_runs(trained, tmp_path)
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.epochs": 0}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, "train.epochs = 0: must be an integer >= 1")
+    assert not any((runs / RUN / name).exists() for name in ("metrics.json", "per_image.csv", "examples.npz"))
+
+
+def test_a_report_that_fails_leaves_no_tables_and_names_a_broken_json_file(tiny_prepared, tmp_path):
+    """The JSON error named no file, and the earlier tables.md stayed after the failed report."""
+    params, prepared = tiny_prepared
+    runs = fabricated_pair(tmp_path, prepared)
+    params_file = write_params(tmp_path / "params.yaml", params)
+    assert run_stage("report", *stage_args("report", params_file, prepared, runs))[0] == 0
+    assert (tmp_path / "out" / "tables.md").is_file()
+    broken = runs / "strong_only_10" / "metrics.json"
+    broken.write_text(broken.read_text()[:-40])
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    assert_one_line_error(code, stderr, f"{broken}: not valid JSON (", "re-run the stage that writes it")
+    assert not (tmp_path / "out" / "tables.md").exists()

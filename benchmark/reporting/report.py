@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="reports/tables.md", help="tables.md; figures go to figures/ beside it")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
     runs_dir, prepared, out = Path(args.runs), Path(args.prepared), Path(args.out)
+    out.unlink(missing_ok=True)  # a report that fails leaves no earlier tables.md looking current
+    params = load_params(args.params)
     try:
         results = collect(params, runs_dir, prepared)
     except (FileNotFoundError, KeyError, ValueError) as error:  # an unfinished or stale run: say which

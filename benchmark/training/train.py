@@ -49,6 +49,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,7 +73,15 @@ from benchmark.artifacts import (
     sha256_json,
 )
 from benchmark.cli import ReportedError, run_cli
-from benchmark.config import ConfigError, RunSpec, check_run_spec, load_params, run_spec, validate_params
+from benchmark.config import (
+    RUN_NAME_PATTERN,
+    ConfigError,
+    RunSpec,
+    check_run_spec,
+    load_params,
+    run_spec,
+    validate_params,
+)
 from benchmark.contract import TrainContext
 from benchmark.data.prepared import PreparedData, load_prepared, prepared_fingerprint
 from benchmark.nn.losses import structure_window
@@ -623,6 +632,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
+    if re.fullmatch(RUN_NAME_PATTERN, args.run):  # a folder name of ours: nothing outside runs/ can be named
+        # first of all: a training that fails, even on a params.yaml value, leaves no earlier evaluation of the
+        # run looking current (under `dvc repro` DVC has removed its weights already; `dvc metrics show` lists
+        # whatever metrics.json is there)
+        remove_outputs(Path(args.out) / args.run, EVALUATION_OUTPUTS)
     params = load_params(args.params)
     spec = run_spec(params, args.run)
     # DVC records the params and code it finds when the stage ends: an edit during training would be recorded as
