@@ -8,7 +8,15 @@ import torch
 
 from benchmark.config import ConfigError, RunSpec
 from benchmark.training.sampling import BatchSampler, TrainingSet
-from benchmark.training.train import NonFiniteLossError, poly_lr, seed_schedule, steps_per_epoch, train_run
+from benchmark.training.train import (
+    NonFiniteLossError,
+    check_batch_fits,
+    poly_lr,
+    seed_schedule,
+    steps_per_epoch,
+    train_run,
+    training_memory_gb,
+)
 
 
 def make_set(n=10, n_strong=3, size=8):
@@ -109,6 +117,25 @@ def test_non_finite_loss_stops_the_run(tiny_prepared, tmp_path, monkeypatch):
                                                  r"step 3 of 4\. Training stopped; no weights or metrics"):
         train_run(spec, params, prepared, tmp_path, show_progress=False)
     assert not (tmp_path / "nan").exists() or not any((tmp_path / "nan").rglob("*.*")), "nothing was written"
+
+
+def test_seed_workers_are_capped_by_cores_and_memory_and_a_batch_that_cannot_fit_is_refused():
+    """Issue 25: `seed_workers: auto` with 6 seeds started 6 processes (7.8 GB), seed_schedule(auto, 1000) gave 1000
+    workers; `train.batch_size: 100000` was killed by the kernel at 23 GB without a message."""
+    cpu = torch.device("cpu")
+    plenty = 1000.0
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2}, 1000, cpu, available_gb=plenty) == (4, 1)
+    assert seed_schedule({"seed_workers": 1000, "num_threads": 2}, 1000, cpu, available_gb=plenty) == (4, 1)
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2}, 3, cpu, available_gb=plenty) == (3, 1)
+    one_fits = 1.5 * training_memory_gb(8, 96)
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2, "batch_size": 8}, 3, cpu, 96, one_fits) == (1, 2)
+    two_fit = 2 / 0.8 * training_memory_gb(8, 192) + 0.1
+    assert seed_schedule({"seed_workers": "auto", "num_threads": 2, "batch_size": 8}, 3, cpu, 192, two_fit) == (2, 1)
+    check_batch_fits({"batch_size": 8}, 96, cpu, available_gb=4.0)
+    with pytest.raises(ConfigError, match=r"train.batch_size = 100000: training at 96 px needs about 5001 GB "
+                                          r"\(0.05 GB per image of a batch\), more than the 23.0 GB"):
+        check_batch_fits({"batch_size": 100000}, 96, cpu, available_gb=23.0)
+    check_batch_fits({"batch_size": 100000}, 96, torch.device("cuda"), available_gb=23.0)  # not the CPU's memory
 
 
 def test_seed_schedule_splits_the_threads_between_seed_workers():

@@ -530,9 +530,49 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
 
 
 # -- one run (all seeds) ----------------------------------------------------------------------------------------
-def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.device) -> tuple[int, int]:
+# Memory of one training process on the CPU, measured with ps on the default (ResNet-18 U-Net, 96 px, batch 8):
+# ~0.85 GB resident for torch, the method and the training set, ~0.05 GB per image of a batch for the
+# activations kept for backward (they grow with the pixels). A rough estimate, used only to refuse a schedule
+# that cannot fit, never to pick a good one.
+PROCESS_BASE_GB, ACTIVATION_GB_PER_IMAGE_AT_96 = 0.85, 0.05
+MAX_WORKERS_PER_CORE = 2  # 3 seeds on 2 cores measured 0.81 of serial (README "Speed"); more only thrash
+
+
+def training_memory_gb(batch_size: int, image_size: int) -> float:
+    """Estimated resident memory of one training process (see PROCESS_BASE_GB)."""
+    return PROCESS_BASE_GB + ACTIVATION_GB_PER_IMAGE_AT_96 * batch_size * (image_size / 96) ** 2
+
+
+def available_memory_gb() -> float | None:
+    """MemAvailable of /proc/meminfo in GB; None where the system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_batch_fits(train_params: dict[str, Any], image_size: int, device: torch.device,
+                     available_gb: float | None = None) -> None:
+    """On the CPU, refuse a batch whose estimated memory exceeds what the machine has (the kernel would kill the
+    run without a word)."""
+    available_gb = available_memory_gb() if available_gb is None else available_gb
+    batch = int(train_params["batch_size"])
+    need = training_memory_gb(batch, image_size)
+    if device.type == "cpu" and available_gb is not None and need > available_gb:
+        raise ConfigError(f"params.yaml: train.batch_size = {batch}: training at {image_size} px needs about "
+                          f"{need:.0f} GB ({ACTIVATION_GB_PER_IMAGE_AT_96 * (image_size / 96) ** 2:.2f} GB per image "
+                          f"of a batch), more than the {available_gb:.1f} GB this machine has available; lower "
+                          "train.batch_size.")
+
+
+def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.device, image_size: int = 96,
+                  available_gb: float | None = None) -> tuple[int, int]:
     """(worker processes, torch threads per seed) of a run with `n_seeds` seeds; threads 0 = torch's default
-    (every core) for a serial run, as before `train.seed_workers` existed."""
+    (every core) for a serial run, as before `train.seed_workers` existed. Never more workers than seeds, than
+    MAX_WORKERS_PER_CORE per core, or than fit in 80% of the available memory (`training_memory_gb` each)."""
     requested = train_params.get("seed_workers", 1)
     num_threads = int(train_params.get("num_threads", 0))
     # the cores this process may use (a container's or taskset's share), not the machine's
@@ -543,7 +583,11 @@ def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.devi
         workers = requested
     else:
         raise ConfigError(f"params.yaml: train.seed_workers must be 'auto' or a positive integer, got {requested!r}.")
-    workers = min(workers, n_seeds)
+    workers = min(workers, n_seeds, MAX_WORKERS_PER_CORE * cores)
+    available_gb = available_memory_gb() if available_gb is None else available_gb
+    if available_gb is not None:
+        per_worker = training_memory_gb(int(train_params.get("batch_size", 8)), image_size)
+        workers = max(1, min(workers, int(0.8 * available_gb / per_worker)))
     if workers == 1:
         return 1, num_threads
     if device.type != "cpu":
@@ -582,7 +626,9 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
         data = load_prepared(prepared_dir)
         method_cls = type(build_method(spec, model_params))  # options, encoder and its weights
         check_label_budget(spec, method_cls, data)
-        workers, threads = seed_schedule(train_params, len(spec.seeds), device)
+        image_size = int(data.arrays["cbis"]["images"].shape[-1])
+        check_batch_fits(train_params, image_size, device)
+        workers, threads = seed_schedule(train_params, len(spec.seeds), device, image_size)
         fingerprint = run_fingerprint(spec, params, prepared_dir)
         run_dir = out_dir / spec.name
         # from here on nothing of an earlier training or evaluation of this run is left to look current
