@@ -8,6 +8,7 @@ with a non-zero exit status and no traceback. A few trials read what a stage lef
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -630,3 +631,56 @@ def test_a_report_that_fails_leaves_no_tables_and_names_a_broken_json_file(tiny_
     code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
     assert_one_line_error(code, stderr, f"{broken}: not valid JSON (", "re-run the stage that writes it")
     assert not (tmp_path / "out" / "tables.md").exists()
+
+
+def children_of(pid: int) -> list[int]:
+    """Child processes of `pid` but multiprocessing's resource tracker (which ends on its own)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        command = (status.parent / "cmdline").read_bytes() if (status.parent / "cmdline").exists() else b""
+        if int(fields.get("PPid", "0").strip() or 0) == pid and b"resource_tracker" not in command:
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads child processes from /proc")
+def test_sigterm_to_a_trainer_stops_its_seed_workers_and_the_run_resumes(one_run, tmp_path):
+    """SIGTERM (what SLURM sends before a kill) to a trainer with seed_workers 2: both workers trained on, writing
+    last.pt, and a restarted trainer got the lock and crashed on last.pt.tmp -> last.pt."""
+    params, prepared, _ = one_run
+    params = edited(params, {"train.epochs": 15, "train.checkpoint_dir": str(tmp_path / "ck"), "seeds": [0, 1],
+                             "train.seed_workers": 2, "train.num_threads": 2})
+    params_file = write_params(tmp_path / "params.yaml", params)
+    args = [str(a) for a in stage_args("train", params_file, prepared, tmp_path / "runs")]
+    trainer_process = subprocess.Popen([sys.executable, "-m", "benchmark", "train", *args], cwd=REPO,
+                                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        checkpoints = [tmp_path / "ck" / RUN / f"seed_{seed}" / CHECKPOINT_NAME for seed in (0, 1)]
+        deadline = time.time() + 300
+        while not all(path.exists() for path in checkpoints) and trainer_process.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.1)
+        workers = children_of(trainer_process.pid)
+        assert trainer_process.poll() is None and len(workers) >= 2, "both seeds train in worker processes"
+        trainer_process.send_signal(signal.SIGTERM)
+        _, stderr = trainer_process.communicate(timeout=120)
+        assert trainer_process.returncode == 1 and f"run {RUN}: stopped by signal 15" in stderr
+        time.sleep(1)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "no worker trains on"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(trainer_process.pid, signal.SIGKILL)
+        trainer_process.wait()
+    stamps = [path.stat().st_mtime_ns for path in checkpoints]
+    time.sleep(2)
+    assert [path.stat().st_mtime_ns for path in checkpoints] == stamps, "nothing writes the checkpoints any more"
+    again = subprocess.run([sys.executable, "-m", "benchmark", "train", *args], cwd=REPO, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    info = json.loads((tmp_path / "runs" / RUN / "train_info.json").read_text())
+    assert all(info["seeds"][seed]["resumed_from_epoch"] > 0 for seed in ("0", "1")), "both seeds resumed"

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import hashlib
 import io
 import math
@@ -50,7 +51,9 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +117,10 @@ class NonFiniteLossError(DivergedError):
 
 class LossExplodedError(DivergedError):
     """An epoch's mean loss grew beyond `train.divergence_factor` x the run's first-step loss."""
+
+
+class TrainingStopped(ReportedError, RuntimeError):
+    """SIGTERM (what SLURM and `kill` send) reached a trainer with seed workers: the workers were stopped too."""
 
 
 class RunLockedError(ReportedError, RuntimeError):
@@ -597,6 +604,38 @@ def seed_schedule(train_params: dict[str, Any], n_seeds: int, device: torch.devi
     return workers, max(1, cores // workers)
 
 
+PR_SET_PDEATHSIG = 1  # prctl option (Linux): the kernel signals this process when its parent dies
+
+
+def _die_with_parent() -> None:
+    """In each seed worker: SIGTERM when the trainer dies, even by SIGKILL, so no worker trains on alone, writing
+    checkpoints a restarted trainer of the same run would also write."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(spec: RunSpec) -> Iterator[None]:
+    """While seed workers train: SIGTERM to the trainer stops them (leaving the pool terminates its workers) and
+    ends the stage with a one-line message; the checkpoints already written resume the run. Left as it is where
+    the trainer's SIGTERM is not the default (benchmark.tools.launch leaves it to submitit)."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise TrainingStopped(f"run {spec.name}: stopped by signal {signum}; its seed workers were stopped too. "
+                              "Run the same command again to resume from the last checkpoints.")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _seed_worker(job: tuple) -> tuple[bytes, list[dict[str, Any]], dict[str, Any]]:
     """One seed in a spawned worker process: its own threads, data and RNG state, nothing shared. The weights go
     back serialised: a tensor sent as itself travels through shared memory that dies with this process (which
@@ -643,7 +682,8 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
                     for k, seed in enumerate(spec.seeds)]
             # spawn, not fork: a forked child would inherit this process's OpenMP pool; one fresh process per
             # seed. Leaving the block terminates the pool, so a failing seed stops the others too.
-            with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            with stop_on_sigterm(spec), multiprocessing.get_context("spawn").Pool(
+                    workers, initializer=_die_with_parent, maxtasksperchild=1) as pool:
                 results = [_seed_result(payload) for payload in pool.imap(_seed_worker, jobs, chunksize=1)]
 
         log_rows, seeds_info, counts = [], {}, {}
