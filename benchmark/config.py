@@ -163,6 +163,9 @@ def method_names() -> list[str]:
 
 
 def _known_method(name: str) -> str:
+    if name == "base" or name.startswith("_"):
+        raise ValueError(f"methods/{name}.py is part of the registry, not a method; available: "
+                         f"{', '.join(method_names())}")
     if name not in method_names():
         raise ValueError(f"there is no methods/{name}.py; available: {', '.join(method_names())}")
     return name

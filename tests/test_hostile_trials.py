@@ -133,6 +133,9 @@ CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
                          ['train.checkpoint_dir = ".": must be a folder of its own', "the project folder"]),
     "checkpoint_dir data": ("evaluate", {"train.checkpoint_dir": "data"},
                             ['train.checkpoint_dir = "data": must be a folder of its own', "inside data/"]),
+    # issue 25: the message named the wrong key or denied an existing file
+    "method base": ("train", {f"runs.{RUN}.method": "base"},
+                    [f'runs.{RUN}.method = "base"', "methods/base.py is part of the registry, not a method"]),
 }
 
 
@@ -613,6 +616,8 @@ def test_a_training_refused_on_a_params_value_leaves_no_earlier_evaluation(one_r
     and examples.npz stayed and `dvc metrics show` listed them."""
     params, prepared, _ = one_run
     runs = copy_runs(trained, tmp_path)
+    shutil.rmtree(runs / RUN / "models")  # what `dvc repro` removes before it runs the train stage
+    (runs / RUN / "train_info.json").unlink()
     params_file = write_params(tmp_path / "params.yaml", edited(params, {"train.epochs": 0}))
     code, stderr = run_stage("train", *stage_args("train", params_file, prepared, runs))
     assert_one_line_error(code, stderr, "train.epochs = 0: must be an integer >= 1")
@@ -684,3 +689,13 @@ def test_sigterm_to_a_trainer_stops_its_seed_workers_and_the_run_resumes(one_run
     assert again.returncode == 0, again.stderr[-2000:]
     info = json.loads((tmp_path / "runs" / RUN / "train_info.json").read_text())
     assert all(info["seeds"][seed]["resumed_from_epoch"] > 0 for seed in ("0", "1")), "both seeds resumed"
+
+
+def test_an_unknown_encoder_is_reported_under_its_own_key_not_the_method_options(one_run, tmp_path):
+    """`model.encoder: resnet999` was reported as "runs.<run>.options (method strong_only): ..."."""
+    params, prepared, _ = one_run
+    params_file = write_params(tmp_path / "params.yaml", edited(params, {"model.encoder": "resnet999"}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
+    line = assert_one_line_error(code, stderr, "model.encoder = 'resnet999': not an encoder of "
+                                               "segmentation-models-pytorch")
+    assert "options" not in line

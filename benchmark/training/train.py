@@ -137,6 +137,8 @@ def build_method(spec: RunSpec, model_params: dict[str, Any]) -> SegmentationMet
     except OptionError as error:
         raise ConfigError(f"params.yaml: runs.{spec.name}.options.{error.key} = {error.value!r}: "
                           f"{error.allowed}") from None
+    except ReportedError:  # complete already and about another key (model.encoder, model.encoder_weights)
+        raise
     except ValueError as error:  # a method's own check of its options
         raise ConfigError(f"params.yaml: runs.{spec.name}.options (method {spec.method}): "
                           f"{' '.join(str(error).split())}") from None
@@ -718,11 +720,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
-    if re.fullmatch(RUN_NAME_PATTERN, args.run):  # a folder name of ours: nothing outside runs/ can be named
-        # first of all: a training that fails, even on a params.yaml value, leaves no earlier evaluation of the
-        # run looking current (under `dvc repro` DVC has removed its weights already; `dvc metrics show` lists
-        # whatever metrics.json is there)
-        remove_outputs(Path(args.out) / args.run, EVALUATION_OUTPUTS)
+    run_dir = Path(args.out) / args.run
+    if re.fullmatch(RUN_NAME_PATTERN, args.run) and not (run_dir / "train_info.json").is_file():
+        # first of all: an evaluation whose training is gone (`dvc repro` removes a train stage's outputs before
+        # it runs) goes too, even if this training then fails on a params.yaml value: `dvc metrics show` would
+        # list it as current. With the training still there, a refused value touches nothing.
+        remove_outputs(run_dir, EVALUATION_OUTPUTS)
     params = load_params(args.params)
     spec = run_spec(params, args.run)
     # DVC records the params and code it finds when the stage ends: an edit during training would be recorded as
