@@ -687,6 +687,11 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             with stop_on_sigterm(spec), multiprocessing.get_context("spawn").Pool(
                     workers, initializer=_die_with_parent, maxtasksperchild=1) as pool:
                 results = [_seed_result(payload) for payload in pool.imap(_seed_worker, jobs, chunksize=1)]
+                # every seed is back: let the pool end its workers. Leaving the block alone calls terminate(),
+                # which can wait forever on a replacement worker that maxtasksperchild started and that sits in
+                # the task queue's read lock (seen: a study hung there after its three seeds had trained)
+                pool.close()
+                pool.join()
 
         log_rows, seeds_info, counts = [], {}, {}
         # written once every seed has trained: a diverged seed leaves none
