@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,20 @@ from benchmark.data.prepare import synthetic_domains
 from benchmark.data.prepared import load_prepared, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def real_samples(*required: str, missing: str) -> Path:
+    """shared/reference/real-samples beside the repository, or under $MAMMO_SHARED_DIR (itself, or its
+    reference/real-samples), holding every `required` path; the test is skipped with `missing` when none does
+    (the samples are never copied into the repository)."""
+    places = [REPO.parent / "shared" / "reference" / "real-samples"]
+    if os.environ.get("MAMMO_SHARED_DIR"):
+        shared = Path(os.environ["MAMMO_SHARED_DIR"])
+        places += [shared / "reference" / "real-samples", shared]
+    for place in places:
+        if all((place / path).exists() for path in required):
+            return place
+    pytest.skip(missing)
 
 
 def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> dict:

@@ -9,28 +9,22 @@ never copied into the repository).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from benchmark.data.real.preprocess import find_breast
+from tests.conftest import real_samples
 
 FULLY_INSIDE_AT_LEAST = 1317  # of 1,318
 WORST_SHARE_INSIDE = 0.99  # of a box's area
 
 
 def boxes_folder() -> Path:
-    places = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("MAMMO_SHARED_DIR"):
-        places.append(Path(os.environ["MAMMO_SHARED_DIR"]))
-    for place in places:
-        folder = place / "reference" / "real-samples" / "cbis-boxes"
-        if (folder / "boxes.coco.json").is_file() and (folder / "images").is_dir():
-            return folder
-    pytest.skip("the real CBIS-DDSM films with boxes are not available (they live in shared/, never in the repository)")
+    return real_samples("cbis-boxes/boxes.coco.json", "cbis-boxes/images",
+                        missing="the real CBIS-DDSM films with boxes are not available (they live in shared/, never "
+                                "in the repository)") / "cbis-boxes"
 
 
 def share_inside(bbox: list[float], crop: tuple[int, int, int, int]) -> float:

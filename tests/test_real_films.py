@@ -7,7 +7,6 @@ each axis and every mask pixel, and must not move when the mask does.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import cv2
@@ -16,6 +15,7 @@ import pytest
 
 from benchmark.data.real.preprocess import preprocess_pair
 from benchmark.data.real.settings import PreprocessSettings
+from tests.conftest import real_samples
 
 EXTENTS = Path(__file__).resolve().parent / "data" / "films" / "breast_extents.csv"
 MIN_COVERAGE = 0.95  # the issue's bar: share of the breast's height and of its width inside the crop
@@ -23,15 +23,9 @@ SETTINGS = PreprocessSettings(image_size=64)
 
 
 def films_folder() -> Path:
-    """shared/reference/real-samples/films beside the repository, or under $MAMMO_SHARED_DIR; skip when absent."""
-    places = [Path(__file__).resolve().parents[2] / "shared"]
-    if os.environ.get("MAMMO_SHARED_DIR"):
-        places.append(Path(os.environ["MAMMO_SHARED_DIR"]))
-    for place in places:
-        folder = place / "reference" / "real-samples" / "films"
-        if (folder / "images").is_dir() and (folder / "masks").is_dir():
-            return folder
-    pytest.skip("real film samples not available (they live in shared/, never in the repository)")
+    samples = real_samples("films/images", "films/masks",
+                           missing="real film samples not available (they live in shared/, never in the repository)")
+    return samples / "films"
 
 
 def hand_extents() -> dict[str, tuple[float, float, float, float]]:

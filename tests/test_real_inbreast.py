@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import plistlib
 from pathlib import Path
 
@@ -14,22 +13,16 @@ from benchmark.data.real import RealDataError, load_real_domains
 from benchmark.data.real.dicomio import write_dicom
 from benchmark.data.real.inbreast import fill_polygon, load_inbreast, read_inbreast_csv, read_rois
 from benchmark.data.real.settings import real_settings
+from tests.conftest import real_samples
 
 H, W, S = 64, 32, 64  # fixture rows x cols; prepared side (nearest resize doubles every column)
 EXACT = {"breast_crop": False, "flip_to_left": False, "clip_percentiles": [0, 100]}
 CSV_HEADER = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads"
 
 
-def real_samples() -> Path:
-    """shared/reference/real-samples beside the repository, or under $MAMMO_SHARED_DIR; skip when absent."""
-    places = [Path(__file__).resolve().parents[2] / "shared" / "reference" / "real-samples"]
-    if os.environ.get("MAMMO_SHARED_DIR"):
-        shared = Path(os.environ["MAMMO_SHARED_DIR"])
-        places += [shared / "reference" / "real-samples", shared]
-    for place in places:
-        if (place / "inbreast" / "AllXML").is_dir():
-            return place
-    pytest.skip("INbreast real samples not available (restricted licence: never copied into the repository)")
+def inbreast_samples() -> Path:
+    return real_samples("inbreast/AllXML", missing="INbreast real samples not available (restricted licence: never "
+                                                   "copied into the repository)")
 
 
 def inside_by_ray_casting(points: np.ndarray, shape) -> np.ndarray:
@@ -210,7 +203,7 @@ def test_load_real_domains_checks_the_inbreast_root_before_decoding_cbis(tmp_pat
 
 # --------------------------------------------------------------------------------- the real INbreast samples
 def test_real_xml_masses_match_the_shoelace_area():
-    samples = real_samples()
+    samples = inbreast_samples()
     masses = 0
     for xml in sorted((samples / "inbreast" / "AllXML").glob("*.xml")):
         for name, points in read_rois(xml):
@@ -226,7 +219,7 @@ def test_real_xml_masses_match_the_shoelace_area():
 
 
 def test_real_inbreast_csv_parses():
-    path = real_samples() / "INbreast.csv"
+    path = inbreast_samples() / "INbreast.csv"
     if not path.is_file():
         pytest.skip("INbreast.csv sample not available")
     table = read_inbreast_csv(path)
