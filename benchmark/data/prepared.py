@@ -164,7 +164,6 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
     for name in DOMAINS:
         if len(domains[name].images) == 0:
             raise ValueError(f"prepare produced zero usable images for domain '{name}'; nothing was written.")
-    check_replaceable(out_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
@@ -262,10 +261,11 @@ def prepared_fingerprint(directory: str | Path) -> str:
     return sha256_json({path.name: file_sha256(path) for path in sorted(Path(directory).iterdir()) if path.is_file()})
 
 
-def check_trained_on(info: dict[str, Any], directory: str | Path, info_path: Path) -> None:
+def check_trained_on(info: dict[str, Any], directory: str | Path, info_path: Path, current: str | None = None) -> None:
     """A run's seeds must have been trained on the prepared data `directory` holds now: after another split, data
-    source or generator setting their numbers on today's test images would mix training and test images."""
-    current = prepared_fingerprint(directory)
+    source or generator setting their numbers on today's test images would mix training and test images.
+    `current`: the folder's `prepared_fingerprint`, when the caller checks several runs against it."""
+    current = prepared_fingerprint(directory) if current is None else current
     recorded = {str(seed): ((entry.get("provenance") or {}).get("fingerprint") or {}).get("data")
                 for seed, entry in (info.get("seeds") or {}).items()}
     other = sorted(seed for seed, value in recorded.items() if value != current)

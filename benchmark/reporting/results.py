@@ -18,7 +18,7 @@ import pandas as pd
 from benchmark.artifacts import file_sha256, read_json
 from benchmark.cli import MissingOutputError
 from benchmark.config import all_runs, check_trained_as
-from benchmark.data.prepared import check_trained_on
+from benchmark.data.prepared import check_trained_on, prepared_fingerprint
 from benchmark.evaluation.metrics import summarise
 
 DATASETS = {"cbis": "CBIS", "inbreast": "INbreast"}
@@ -183,7 +183,7 @@ def check_one_schedule(results: list["RunResult"]) -> None:
 def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunResult]:
     """Every configured run, in params.yaml order; refuses any run whose outputs are stale (see the docstring),
     that was trained on other prepared data than `prepared` holds, or at another schedule than the others."""
-    results = []
+    results, data_fingerprint = [], prepared_fingerprint(prepared)  # hashed once, not once per run
     for spec in all_runs(params):
         folder = runs_dir / spec.name
         metrics, info = read_json(folder / "metrics.json"), read_json(folder / "train_info.json")
@@ -193,7 +193,7 @@ def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunR
         _require(info, ["train_seconds", "uses_weak", "hardware", "encoder", "seeds", "method", "strong_fraction",
                         "options"], folder / "train_info.json")
         check_trained_as(spec, info, folder / "train_info.json")
-        check_trained_on(info, prepared, folder / "train_info.json")
+        check_trained_on(info, prepared, folder / "train_info.json", data_fingerprint)
         _check_evaluated_models(metrics, info, folder)
         _check_output_hashes(metrics, folder)
         _check_numbers(metrics, folder)
