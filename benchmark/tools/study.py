@@ -58,7 +58,6 @@ from benchmark.config import ConfigError, load_params, run_spec, validate_params
 from benchmark.data.prepare import prepare
 from benchmark.evaluation.evaluate import load_run_models, predict_probabilities
 from benchmark.evaluation.metrics import dice, smeasure
-from benchmark.evaluation.statistics import mean_std
 from benchmark.tools import study_ranking
 from benchmark.tools.heldout import fresh_cbis_sets
 from benchmark.tools.study_rule import EXTEND, Rule, Verdict, choose, judge
@@ -467,12 +466,12 @@ def ranking_lines(study: Study, params: dict[str, Any]) -> list[str]:
     for name in study.entries():
         spec = run_spec(params, next(v.run for v in study.variants if v.entry == name))
         entries[name] = study_ranking.Entry(name, spec.row, round(100 * spec.strong_fraction, 2))
+    ranked = {entry: configured_variant(study, params, entry) for entry in study.entries()}  # builds each method once
     matrices: dict[str, dict[str, np.ndarray]] = {}
     for condition in study.conditions:
         matrices[condition] = {}
         for entry in study.entries():
-            ranked = configured_variant(study, params, entry)
-            variant = next((v for v in study.variants_of(entry, condition) if v.name == ranked), None)
+            variant = next((v for v in study.variants_of(entry, condition) if v.name == ranked[entry]), None)
             matrix = image_matrix(study, condition, variant) if variant is not None else None
             if matrix is not None:
                 matrices[condition][entry] = matrix
@@ -481,14 +480,15 @@ def ranking_lines(study: Study, params: dict[str, Any]) -> list[str]:
              "Each entry's configured reading (its params.yaml options), held-out Dice (%) over the study's seeds "
              "(mean ± std; a seed's Dice is its mean over every fresh image); rank in brackets.", "",
              "| entry | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    ranks = {c: {name: k + 1 for k, (name, *_rest) in enumerate(study_ranking.ranking(m))}
-             for c, m in matrices.items()}
+    # entry -> (rank, mean, std) per condition, from the one ranking of each condition
+    placed = {c: {name: (k + 1, mean, std) for k, (name, mean, std, _n) in enumerate(study_ranking.ranking(m))}
+              for c, m in matrices.items()}
     for entry in study.entries():
         cells = []
         for condition in names:
-            if entry in matrices[condition]:
-                mean, std, n = mean_std(matrices[condition][entry].mean(axis=1))
-                cells.append(f"{mean:.2f} ± {std:.2f} (#{ranks[condition][entry]})")
+            if entry in placed[condition]:
+                rank, mean, std = placed[condition][entry]
+                cells.append(f"{mean:.2f} ± {std:.2f} (#{rank})")
             else:
                 cells.append("-")
         lines.append(f"| {entries[entry].label} | " + " | ".join(cells) + " |")
