@@ -105,6 +105,18 @@ def copy_runs(trained: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained, tmp_path / "runs"))
 
 
+def fabricated_pair(tmp_path: Path, prepared: Path, epochs: tuple[int, int] = (3, 3),
+                    dice: tuple[float, float] = (0.5, 0.5)) -> Path:
+    """runs/ with the two Strong-Only runs fabricated (one seed, the same Dice on every test image)."""
+    data, runs = load_prepared(prepared), tmp_path / "runs"
+    tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
+    for (name, fraction), run_epochs, value in zip((("strong_only_100", 1.0), ("strong_only_10", 0.1)), epochs, dice):
+        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
+                      uses_weak=False, epochs=run_epochs,
+                      dice={domain: {0: np.full(len(rows), value)} for domain, rows in tests.items()})
+    return runs
+
+
 # -- rows of the table whose input is a params.yaml value ---------------------------------------------------
 CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
     "epochs 0": ("train", {"train.epochs": 0}, ["train.epochs = 0: must be an integer >= 1"]),
@@ -222,13 +234,7 @@ def test_an_exploding_loss_stops_the_run_naming_run_seed_epoch_and_term(one_run,
 
 def test_the_report_marks_a_run_whose_loss_did_not_decrease(tiny_prepared, tmp_path):
     params, prepared = tiny_prepared
-    params = copy.deepcopy(params)
-    data = load_prepared(prepared)
-    runs = tmp_path / "runs"
-    for name, fraction in (("strong_only_100", 1.0), ("strong_only_10", 0.1)):
-        tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
-        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
-                      uses_weak=False, dice={domain: {0: np.full(len(rows), 0.5)} for domain, rows in tests.items()})
+    runs = fabricated_pair(tmp_path, prepared)
     log = pd.read_csv(runs / "strong_only_10" / "train_log.csv")
     log["total"] = log["structure"] = [1.0, 1.2, 1.1]  # epoch 3 ends above epoch 1
     log.to_csv(runs / "strong_only_10" / "train_log.csv", index=False)
@@ -279,13 +285,7 @@ def test_an_edited_strong_fraction_is_refused_by_evaluate_and_report(one_run, tr
 def test_a_per_image_csv_copied_from_another_run_is_refused(tiny_prepared, tmp_path):
     """It was accepted: a paired row of +0.00 [+0.00, +0.00], p = 1."""
     params, prepared = tiny_prepared
-    params = copy.deepcopy(params)
-    data = load_prepared(prepared)
-    runs = tmp_path / "runs"
-    tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
-    for name, fraction, dice in (("strong_only_100", 1.0, 0.6), ("strong_only_10", 0.1, 0.4)):
-        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
-                      uses_weak=False, dice={domain: {0: np.full(len(rows), dice)} for domain, rows in tests.items()})
+    runs = fabricated_pair(tmp_path, prepared, dice=(0.6, 0.4))
     params_file = write_params(tmp_path / "params.yaml", params)
     code, _ = run_stage("report", *stage_args("report", params_file, prepared, runs))
     assert code == 0, "the untouched runs are reported"
@@ -529,16 +529,6 @@ def test_evaluate_and_report_refuse_a_run_trained_on_other_prepared_data(one_run
         assert_one_line_error(code, stderr, f"{runs / RUN / 'train_info.json'}: seed(s) 0 were trained on other "
                                             f"prepared data than {other} holds now", f"dvc repro train@{RUN}")
     assert (runs / RUN / "metrics.json").is_file(), "evaluate refused before removing anything"
-
-
-def fabricated_pair(tmp_path: Path, prepared: Path, epochs: tuple[int, int] = (3, 3)) -> Path:
-    data, runs = load_prepared(prepared), tmp_path / "runs"
-    tests = {domain: data.rows(domain, "test") for domain in ("cbis", "inbreast")}
-    for (name, fraction), run_epochs in zip((("strong_only_100", 1.0), ("strong_only_10", 0.1)), epochs):
-        fabricate_run(runs, data, name, method="strong_only", row="Strong-Only", strong_fraction=fraction,
-                      uses_weak=False, epochs=run_epochs,
-                      dice={domain: {0: np.full(len(rows), 0.5)} for domain, rows in tests.items()})
-    return runs
 
 
 def test_the_report_refuses_runs_of_two_schedules(tiny_prepared, tmp_path):
