@@ -198,6 +198,7 @@ class Preprocess(Section):
 class Synthetic(Section):
     seed: Seed
     n_cbis: Integer(ge=2)
+    extra_cbis_test: Integer(ge=0)
     n_inbreast: Integer(ge=1)
     supersample: Integer(ge=1)
     density_contrast: Number(ge=0)

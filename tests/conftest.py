@@ -30,12 +30,12 @@ def real_samples(*required: str, missing: str) -> Path:
     pytest.skip(missing)
 
 
-def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6) -> dict:
+def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6, extra_cbis_test: int = 0) -> dict:
     """params.yaml with a tiny dataset, a one-epoch schedule and one seed (the real defaults otherwise)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = copy.deepcopy(params)
     params["data"]["image_size"] = image_size
-    params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast)
+    params["data"]["synthetic"].update(n_cbis=n_cbis, n_inbreast=n_inbreast, extra_cbis_test=extra_cbis_test)
     params["model"]["decoder_channels"] = [16, 16, 8, 8, 8]
     params["train"].update(epochs=1, batch_size=4)
     # tiny epochs last under a second: checkpoint after each, as resume tests need

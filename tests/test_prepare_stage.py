@@ -68,3 +68,23 @@ def test_same_inputs_give_byte_identical_prepared_files(tmp_path):
         run_prepare(tmp_path / attempt, params)
         outputs.append({path.name: path.read_bytes() for path in sorted((tmp_path / attempt / "prepared").iterdir())})
     assert outputs[0].keys() == outputs[1].keys() and outputs[0] == outputs[1]
+
+
+def test_extra_test_images_join_the_test_split_and_change_no_training_image(tmp_path):
+    """data.synthetic.extra_cbis_test grows the CBIS-like test split (the paper's 318 test images) while the drawn
+    images keep their pixels, their split and their strong-label order: every training stays bit-identical."""
+    (tmp_path / "without").mkdir()
+    (tmp_path / "with").mkdir()
+    without = run_prepare(tmp_path / "without", tiny_params(n_cbis=20, n_inbreast=6))
+    grown = run_prepare(tmp_path / "with", tiny_params(n_cbis=20, n_inbreast=9, extra_cbis_test=7))
+    old, new = without.manifest.set_index("image_id"), grown.manifest.set_index("image_id")
+    drawn = old.index[old["domain"] == "cbis"]
+    assert (new.loc[drawn, ["split", "strong_rank"]] == old.loc[drawn, ["split", "strong_rank"]]).all().all()
+    extra = new.index[(new["domain"] == "cbis") & ~new.index.isin(drawn)]
+    assert len(extra) == 7 and (new.loc[extra, "split"] == "test").all() and (new.loc[extra, "strong_rank"] == -1).all()
+    assert new.loc[extra, "test_only"].all() and not new.loc[drawn, "test_only"].any()
+    counts = new.groupby(["domain", "split"]).size().to_dict()
+    assert counts == {("cbis", "test"): 4 + 7, ("cbis", "train"): 16, ("inbreast", "test"): 9}
+    for domain, n in (("cbis", 20), ("inbreast", 6)):
+        for key in ("images", "masks", "boxes"):
+            assert (grown.arrays[domain][key][:n] == without.arrays[domain][key]).all()

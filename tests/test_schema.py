@@ -132,6 +132,7 @@ BOUNDS = {
     "data.synthetic.seed": ([0, SEED_MAX], [-1, SEED_MAX + 1]),
     "data.synthetic.n_cbis": ([5, 1000], [1, 0]),
     "data.synthetic.n_inbreast": ([1], [0]),
+    "data.synthetic.extra_cbis_test": ([0, 218], [-1, 1.5]),
     "data.synthetic.supersample": ([1, 3], [0]),
     "data.synthetic.density_contrast": ([0, 3.5], [-0.1]),
     "data.synthetic.density_bias": ([-5, 0, 5], []),

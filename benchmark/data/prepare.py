@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from benchmark.cli import run_cli
 from benchmark.config import load_params
-from benchmark.data.prepared import DomainArrays, check_replaceable, load_prepared, write_prepared
+from benchmark.data.prepared import TEST_ONLY, DomainArrays, check_replaceable, load_prepared, write_prepared
 from benchmark.data.preview import data_preview
 from benchmark.data.synthetic import generate_domain
 
@@ -30,10 +30,14 @@ PREVIEW_PATH = Path("reports/figures/data_preview.png")
 def synthetic_domains(data_params: dict) -> tuple[dict[str, DomainArrays], dict]:
     synthetic = data_params["synthetic"]
     size = int(data_params["image_size"])
-    counts = {"cbis": int(synthetic["n_cbis"]), "inbreast": int(synthetic["n_inbreast"])}
+    drawn, extra = int(synthetic["n_cbis"]), int(synthetic["extra_cbis_test"])
+    counts = {"cbis": drawn + extra, "inbreast": int(synthetic["n_inbreast"])}
     domains = {}
     for domain, count in tqdm(counts.items(), desc="rendering synthetic domains", unit="domain"):
         domains[domain] = generate_domain(domain, count, size, int(synthetic["seed"]), synthetic)
+    # every image is rendered from its own index, so the extra test images (indices after the drawn ones) leave the
+    # drawn images, their split, the strong-label order and hence every training exactly as without them
+    domains["cbis"].extra[TEST_ONLY] = [False] * drawn + [True] * extra
     return domains, {"source": "synthetic", "generator": synthetic}
 
 

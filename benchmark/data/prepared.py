@@ -38,6 +38,9 @@ MANIFEST_COLUMNS = [
     "image_id", "domain", "index", "split", "strong_rank", "source",
     "box_x0", "box_y0", "box_x1", "box_y1", "boxes", "n_components", "mask_area", "box_area",
 ]
+# optional manifest column: True for a CBIS image that joins the test split without taking part in the split's draw
+# (the synthetic stand-in's extra test images, `data.synthetic.extra_cbis_test`); INbreast rows are test only anyway
+TEST_ONLY = "test_only"
 
 
 @dataclass
@@ -105,10 +108,14 @@ def _domain_manifest(domain: str, arrays: DomainArrays, box_margin: int) -> tupl
 def assign_split_and_rank(manifest: pd.DataFrame, seed: int, test_fraction: float,
                           split: str = "random") -> pd.DataFrame:
     """Draw the CBIS train/test split (kinds: benchmark.data.splits) and the strong-label order once;
-    INbreast is test only."""
+    INbreast is test only, and so is every CBIS row marked TEST_ONLY (it takes no part in the draw)."""
     manifest = manifest.copy()
     rng = np.random.default_rng(seed)
     is_cbis = (manifest["domain"] == "cbis").to_numpy()
+    if TEST_ONLY in manifest:
+        flagged = manifest[TEST_ONLY]
+        manifest[TEST_ONLY] = np.where(flagged.isna(), ~is_cbis, flagged.astype(object) == True)  # noqa: E712
+        is_cbis = is_cbis & ~manifest[TEST_ONLY].to_numpy(bool)  # the rows the split is drawn from
     cbis_rows = np.flatnonzero(is_cbis)
     labels = np.full(len(manifest), "test", dtype=object)
     if check_split(split) == "official":
