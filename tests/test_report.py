@@ -151,7 +151,9 @@ def test_paired_comparisons_match_scipy_and_the_known_differences(rendered):
         assert cells[6] == f"[{boot.low:+.2f}, {boot.high:+.2f}]" and cells[7] == f"{boot.p_value:.3g}"
         other = np.full(n, 0.5) - difference  # any pair with these differences gives the same signed-rank test
         assert float(cells[9]) == pytest.approx(stats.wilcoxon(np.full(n, 0.5), other).pvalue, rel=1e-2)
-        assert cells[10:] == [paper, verdict]
+        assert cells[10:12] == [paper, verdict]
+        assert cells[12] == f"±{(boot.high - boot.low) / 2:.2f}", "resolves: half the CI's width"
+        assert (cells[13] == "–") == (verdict == "–"), "seeds for the paper's difference: judged claims only"
         assert (cells[8] == "–") == (verdict == "–"), "Holm p for the paper's claims only"
     # a constant per-image difference of +10 with seed jitter ±2 per run: the images add nothing, the seeds draw
     # 10 + {-4, -2, 0, 2, 4} with probabilities 1, 4, 6, 4, 1 (/16): each extreme > 2.5%, the CI is [6, 14]
@@ -178,7 +180,8 @@ def test_summary_states_source_time_seeds_code_and_claims(rendered):
     assert ("*Agrees* (2): Ours 10% minus Strong-Only 10% (CBIS +10.0 vs paper +6.6); "
             "Weak-Only 0% (INbreast +20.0 vs paper +7.0).") in summary
     assert "*Disagrees* (1): Ours 10% minus Strong-Only 10% (INbreast -5.0 vs paper +12.5)." in summary
-    assert "*Inconclusive* (1): Ours 10% minus Weak-Only 0% (CBIS -1.0 vs paper +7.4)." in summary
+    assert ("*Inconclusive* (1): Ours 10% minus Weak-Only 0% (CBIS -1.0 vs paper +7.4: no number of seeds would "
+            "resolve it at this test-set size).") in summary
     assert "Box-Only" not in summary
     assert "**Dice@0.5 is set beside the paper's numbers** (`evaluate.protocol: threshold`)" in summary
     assert "per-image min-max normalisation" in summary and "nearly empty prediction" in summary
@@ -250,7 +253,7 @@ def test_one_seed_per_run_gives_not_judged(tiny_prepared, tmp_path):
     assert "**Paper's claims** (4): all not judged (one seed)" in summary
     assert "*Agrees*" not in summary and "*Disagrees*" not in summary and "Holm correction" not in summary
     section = text.split("## Paired comparisons", 1)[1].split("## Figures", 1)[0]
-    assert comparison_cells(section, "Strong-Only", "CBIS")[-1] == "not judged (one seed)"
+    assert comparison_cells(section, "Strong-Only", "CBIS")[11] == "not judged (one seed)"
     assert comparison_cells(section, "Box-Only", "CBIS")[-1] == "–", "no paper number: no claim at all"
 
 
@@ -282,3 +285,17 @@ def test_cell_formats_one_and_several_seeds():
     assert tables.cell([47.0, 43.0]) == "45.00 ± 2.83 (n=2)"
     assert tables.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (n=3)"
     assert tables.cell([]) == "–"
+
+
+def test_summary_says_what_the_run_could_resolve_and_whether_seeds_pair(rendered):
+    """Each judged claim gets its resolving power; the seed pairing is measured and stated; the forest plot is drawn."""
+    text, out, _ = rendered
+    summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
+    assert "*Resolving power*" in summary and "claims would be resolved with 80% power by the seeds run" in summary
+    assert ("No number of seeds would resolve the paper's difference for the inconclusive claims (1) at this "
+            "test-set size") in summary  # four images of differences -10, +10, -10, +6: their spread alone is ±8.8
+    # every fabricated run has seed 0 at +jitter and seed 1 at -jitter: perfectly correlated seeds, but with two
+    # seeds and four runs a sign flip of each run's seeds matches it with probability 2 x (1/2)^3: not shown
+    assert "*Seed pairing*" in summary and "r = +1.00" in summary and "resampled independently" in summary
+    assert (out / "figures" / "claims_forest.png").stat().st_size > 0
+    assert "[claims_forest.png](figures/claims_forest.png): the 4 judged claims" in text

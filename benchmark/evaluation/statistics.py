@@ -13,7 +13,7 @@
   pigeonhole bootstrap for crossed designs). Returns the percentile CI and the two-sided bootstrap
   p-value of "no difference". With every seed identical it is exactly `bootstrap_ci` of the
   seed-averaged per-image differences (the same image draws); with one seed per run it reflects test
-  images only.
+  images only. With `paired_seeds` one draw of seed indices serves both runs (the seeds are shared factors).
 - `holm`: Holm's step-down adjustment of p-values for a family of tests (family-wise error rate).
 - `claim_verdict`: whether a paired confidence interval agrees with the sign of a difference the
   paper reports (entirely on the paper's side of 0), disagrees (entirely on the other side), or
@@ -76,11 +76,12 @@ def _seed_weights(rng: np.random.Generator, n_seeds: int, n_resamples: int) -> n
 
 
 def two_stage_bootstrap(reference: np.ndarray, other: np.ndarray, n_resamples: int = 10000,
-                        confidence: float = 0.95, seed: int = 0) -> PairedBootstrap:
+                        confidence: float = 0.95, seed: int = 0, paired_seeds: bool = False) -> PairedBootstrap:
     """CI and p-value of mean(reference) - mean(other), resampling each run's seeds, then the shared images.
 
     reference: (seeds of the reference run, images), other: (seeds of the other run, images), per-image
-    values with the same images in the same column order."""
+    values with the same images in the same column order. paired_seeds: the rows are the same seeds in the same
+    order, and one draw of seed indices serves both runs (for seeds whose effects are shared between runs)."""
     reference, other = np.atleast_2d(np.asarray(reference, float)), np.atleast_2d(np.asarray(other, float))
     if reference.shape[1] != other.shape[1]:
         raise ValueError(f"the runs are scored on different numbers of images: {reference.shape[1]} and "
@@ -91,7 +92,12 @@ def two_stage_bootstrap(reference: np.ndarray, other: np.ndarray, n_resamples: i
     # the image draws are bootstrap_ci's exactly (same generator, same calls); seeds from a second stream
     image_picks = np.random.default_rng(seed).integers(0, n_images, size=(n_resamples, n_images))
     seed_rng = np.random.default_rng([seed, 1])
-    weights = [_seed_weights(seed_rng, len(values), n_resamples) for values in (reference, other)]
+    if paired_seeds:
+        if len(reference) != len(other):
+            raise ValueError(f"paired seeds need the same seeds in both runs: {len(reference)} and {len(other)}")
+        weights = [_seed_weights(seed_rng, len(reference), n_resamples)] * 2
+    else:
+        weights = [_seed_weights(seed_rng, len(values), n_resamples) for values in (reference, other)]
     # how often each image is drawn in each resample: (resamples, images), so a run's resampled per-seed
     # means are one matrix product
     rows = np.repeat(np.arange(n_resamples), n_images)

@@ -272,3 +272,42 @@ def training_curves_figure(curves: pd.DataFrame, order: Sequence[str], path: str
     fig.suptitle("Training curves: mean over seeds (band: ± std when several seeds)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+VERDICT_COLOURS = {"agrees": "#2a9d3a", "disagrees": "#d62728", "inconclusive": "#7f7f7f"}
+
+
+def claims_forest_figure(claims: pd.DataFrame, path: str | Path, reference: str, metric_label: str = "Dice") -> None:
+    """The paper's claims as intervals (forest plot), one panel per test set.
+
+    `claims`: one row per judged claim, columns label (the other row), dataset, mean, low, high (our difference and
+    its 95% CI, points), paper (the paper's difference), verdict and half_width (the smallest difference the
+    comparison calls, drawn as a grey band around 0 on the claim's line)."""
+    if claims.empty:
+        raise FigureSkipped("no claim judged (the reference run or two seeds per run missing)")
+    labels = list(dict.fromkeys(claims["label"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 1.4 + 0.34 * len(labels)), sharey=True)
+    for ax, dataset in zip(axes, ("cbis", "inbreast")):
+        frame = claims[claims["dataset"] == dataset]
+        for _, claim in frame.iterrows():
+            y = labels.index(claim["label"])
+            ax.fill_betweenx([y - 0.32, y + 0.32], -claim["half_width"], claim["half_width"], color="#d9d9d9",
+                             linewidth=0, zorder=1)
+            colour = VERDICT_COLOURS.get(claim["verdict"], "#7f7f7f")
+            ax.plot([claim["low"], claim["high"]], [y, y], color=colour, linewidth=2.2, zorder=3)
+            ax.scatter([claim["mean"]], [y], color=colour, s=22, zorder=4)
+            ax.scatter([claim["paper"]], [y], marker="x", color="black", s=30, linewidths=1.4, zorder=5)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.set_title(f"{DOMAIN_TITLES[dataset]}", fontsize=9)
+        ax.set_xlabel(f"{reference} minus the row, {metric_label} points")
+        ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, linewidth=2.2, label=f"ours, 95% CI: {v}")
+               for v, c in VERDICT_COLOURS.items()]
+    handles += [plt.Line2D([], [], color="black", marker="x", linestyle="", label="the paper's difference"),
+                Rectangle((0, 0), 1, 1, color="#d9d9d9", label="± the smallest difference the run calls")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.suptitle(f"The paper's claims: {reference} against each row, our difference beside the paper's", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    save_figure(fig, path)
