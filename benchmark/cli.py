@@ -7,8 +7,12 @@ other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from typing import Callable
+
+DVC_STAGE = "DVC_STAGE"  # DVC sets it to the address of the stage it runs, e.g. train@ours_10
 
 
 class ReportedError(Exception):
@@ -31,3 +35,27 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except ReportedError as error:
         print(str(error), file=sys.stderr)
         return 1
+
+
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    """The run a per-run stage works on: named on the command line, or read from the DVC stage that runs it.
+
+    dvc.yaml passes no run name through the shell (`--from-dvc-stage`): DVC interpolates a `runs` key into the
+    command before any schema sees it, so a name with a quote or a `;` would run as shell code."""
+    parser.add_argument("run", nargs="?", help="a key of `runs` in params.yaml")
+    parser.add_argument("--from-dvc-stage", action="store_true",
+                        help=f"take the run from ${DVC_STAGE}, the <stage>@<run> DVC runs (what dvc.yaml uses)")
+
+
+def chosen_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The run of `add_run_argument`'s arguments; one of the two ways, not both, not neither."""
+    if args.from_dvc_stage == (args.run is not None):
+        parser.error("name one run, or pass --from-dvc-stage under `dvc repro` (not both)")
+    if args.run is not None:
+        return args.run
+    address = os.environ.get(DVC_STAGE, "")
+    stage = address.rsplit(":", 1)[-1] if ":" in address.split("@", 1)[0] else address  # dvc.yaml:train@x
+    if "@" not in stage:
+        raise ReportedError(f"--from-dvc-stage: ${DVC_STAGE} is {address!r}, not a <stage>@<run> address; the flag is "
+                            "for dvc.yaml (by hand, name the run: python -m benchmark <command> <run>)")
+    return stage.split("@", 1)[1]

@@ -8,6 +8,7 @@ with a non-zero exit status and no traceback. A few trials read what a stage lef
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import io
@@ -30,12 +31,14 @@ import yaml
 
 import benchmark.training.train as trainer
 from benchmark.__main__ import main as suite_command
+from benchmark.cli import DVC_STAGE, add_run_argument, chosen_run, run_cli
 from benchmark.config import run_spec
 from benchmark.data.prepared import load_prepared
 from benchmark.evaluation.evaluate import evaluate_run
 from benchmark.nn.networks import WeightsUnavailableError, build_unet
 from benchmark.training.train import CHECKPOINT_NAME, train_run
-from tests.conftest import REPO
+from benchmark.training.train import main as train_main
+from tests.conftest import REPO, tiny_params
 from tests.conftest import edited_params as edited
 from tests.fake_runs import fabricate_run
 
@@ -689,3 +692,35 @@ def test_an_unknown_encoder_is_reported_under_its_own_key_not_the_method_options
     line = assert_one_line_error(code, stderr, "model.encoder = 'resnet999': not an encoder of "
                                                "segmentation-models-pytorch")
     assert "options" not in line
+
+
+def test_no_run_name_reaches_dvcs_shell():
+    """DVC interpolates a `runs` key into a stage's command before any schema sees it; no command may carry one."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        command = (stage.get("do") or stage)["cmd"]
+        assert "${" not in command, f"stage {name}: {command}"
+
+
+@pytest.mark.parametrize("address, expected", [("train@ours_10", "ours_10"), ("dvc.yaml:evaluate@a.b-c", "a.b-c"),
+                                               ("train@x;touch PWNED", "x;touch PWNED")])
+def test_a_stage_takes_its_run_from_dvc(monkeypatch, address, expected):
+    parser = argparse.ArgumentParser()
+    add_run_argument(parser)
+    monkeypatch.setenv(DVC_STAGE, address)
+    assert chosen_run(parser.parse_args(["--from-dvc-stage"]), parser) == expected
+
+
+def test_a_hostile_run_name_from_dvc_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
+    params = tiny_params()
+    params["runs"]["x';touch PWNED;'"] = params["runs"]["strong_only_10"]  # DVC builds its stage from the key
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv(DVC_STAGE, "train@x';touch PWNED;'")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(train_main, ["--from-dvc-stage"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "x';touch PWNED;'" in error and "letters, digits" in error, error
+    assert not (tmp_path / "PWNED").exists()
+    monkeypatch.delenv(DVC_STAGE)
+    assert run_cli(train_main, ["--from-dvc-stage"]) == 1
+    assert "not a <stage>@<run> address" in capsys.readouterr().err

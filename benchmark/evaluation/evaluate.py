@@ -39,7 +39,7 @@ from benchmark.artifacts import (
     read_json,
     remove_outputs,
 )
-from benchmark.cli import MissingOutputError, run_cli
+from benchmark.cli import MissingOutputError, add_run_argument, chosen_run, run_cli
 from benchmark.config import ConfigError, check_trained_as, load_params, run_spec, validate_params
 from benchmark.data.prepared import PreparedData, check_trained_on, load_prepared
 from benchmark.evaluation.metrics import authors_prediction_map, authors_scores, dice, smeasure, summarise
@@ -162,11 +162,12 @@ def evaluate_run(run_name: str, params: dict[str, Any], prepared_dir: Path, runs
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run")
+    add_run_argument(parser)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--runs", default="runs")
     args = parser.parse_args(argv)
+    args.run = chosen_run(args, parser)
     metrics = evaluate_run(args.run, load_params(args.params), Path(args.prepared), Path(args.runs))
     print(f"{args.run}: " + ", ".join(f"{d} Dice@{metrics['threshold']:g} {m['dice']:.2f} S_m {m['smeasure']:.2f} "
                                       f"mDice (authors) {m['authors_mdice']:.2f}"

@@ -75,7 +75,7 @@ from benchmark.artifacts import (
     remove_outputs,
     sha256_json,
 )
-from benchmark.cli import ReportedError, run_cli
+from benchmark.cli import ReportedError, add_run_argument, chosen_run, run_cli
 from benchmark.config import (
     RUN_NAME_PATTERN,
     ConfigError,
@@ -720,11 +720,12 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a key of `runs` in params.yaml")
+    add_run_argument(parser)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
+    args.run = chosen_run(args, parser)
     run_dir = Path(args.out) / args.run
     if re.fullmatch(RUN_NAME_PATTERN, args.run) and not (run_dir / "train_info.json").is_file():
         # first of all: an evaluation whose training is gone (`dvc repro` removes a train stage's outputs before
