@@ -148,6 +148,25 @@ def _own_folder(value: str) -> str:
     return value
 
 
+WEIGHTS_FOLDER = "weights"  # a dependency of the train stage (dvc.yaml): a local encoder weights file lies in it
+
+
+def _encoder_weights(value: Any) -> str | None:
+    if value is None or value == "imagenet":
+        return value
+    if not isinstance(value, str) or not value:
+        raise PydanticCustomError("not_allowed", "not allowed")
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts or len(path.parts) < 2 or path.parts[0] != WEIGHTS_FOLDER:
+        raise ValueError(f"the train stage depends on {WEIGHTS_FOLDER}/, so a file there re-trains when replaced: "
+                         "copy or link it there")
+    return value
+
+
+EncoderWeights = Annotated[Any, PlainValidator(_encoder_weights), Field(description=(
+    f"null (random initialisation), imagenet, or {WEIGHTS_FOLDER}/<file>: a local encoder state dict (.pth)"))]
+
+
 OwnFolder = Annotated[str, Field(min_length=1, description=(
     "a folder of its own (default: checkpoints): not the project folder, nor inside "
     + ", ".join(f"{name}/" for name in PROTECTED_FOLDERS) + " (studies/<study>/work/ excepted)")),
@@ -249,8 +268,7 @@ class Data(Section):
 class Model(Section):
     architecture: OneOf("unet")
     encoder: Text
-    encoder_weights: Annotated[Text | None, Field(description=(
-        "null (random initialisation), imagenet, or the path of a local encoder state dict (.pth)"))]
+    encoder_weights: EncoderWeights
     decoder_channels: Annotated[list[Integer(ge=1)], Field(min_length=5, max_length=5, description=(
         "a list of 5 integers >= 1 (one per decoder stage of the depth-5 U-Net)"))]
 

@@ -78,6 +78,7 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
         "hardware": "CPU test (2 threads)", "train_seconds": train_seconds * len(seeds),
         "configured": {"method": method, "strong_fraction": float(strong_fraction), "options": {},
                        "seeds": list(seeds)},
+        "train_log_sha256": file_sha256(folder / "train_log.csv"),
         "seeds": {str(seed): {"train_seconds": train_seconds, "resumed_from_epoch": 0,
                               "model_sha256": f"sha-{name}-{seed}", "provenance": {
             "git_commit": COMMIT, "git_dirty": seed in dirty_seeds, "started": "2024-01-01T00:00:00+00:00",
@@ -101,3 +102,15 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
     metrics["inputs"] = {"train_info.json": file_sha256(folder / "train_info.json")}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))  # last, as the evaluate stage does
     return folder
+
+
+def rewrite_train_log(folder: Path, log: pd.DataFrame) -> None:
+    """Replace a fabricated run's train_log.csv as a re-training would: its hash in train_info.json, and that file's
+    in metrics.json (as a re-evaluation would), follow."""
+    log.to_csv(folder / "train_log.csv", index=False)
+    info = json.loads((folder / "train_info.json").read_text())
+    info["train_log_sha256"] = file_sha256(folder / "train_log.csv")
+    (folder / "train_info.json").write_text(json.dumps(info, indent=2))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["inputs"]["train_info.json"] = file_sha256(folder / "train_info.json")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))

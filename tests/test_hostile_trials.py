@@ -40,7 +40,7 @@ from benchmark.training.train import CHECKPOINT_NAME, train_run
 from benchmark.training.train import main as train_main
 from tests.conftest import REPO, tiny_params
 from tests.conftest import edited_params as edited
-from tests.fake_runs import fabricate_run
+from tests.fake_runs import fabricate_run, rewrite_train_log
 
 RUN = "strong_only_100"
 
@@ -240,7 +240,7 @@ def test_the_report_marks_a_run_whose_loss_did_not_decrease(tiny_prepared, tmp_p
     runs = fabricated_pair(tmp_path, prepared)
     log = pd.read_csv(runs / "strong_only_10" / "train_log.csv")
     log["total"] = log["structure"] = [1.0, 1.2, 1.1]  # epoch 3 ends above epoch 1
-    log.to_csv(runs / "strong_only_10" / "train_log.csv", index=False)
+    rewrite_train_log(runs / "strong_only_10", log)
     params_file = write_params(tmp_path / "params.yaml", params)
     code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
     assert code == 0, stderr[-3000:]
@@ -249,6 +249,25 @@ def test_the_report_marks_a_run_whose_loss_did_not_decrease(tiny_prepared, tmp_p
     assert "† training loss did not decrease" in text
     assert "**Training loss did not decrease** († in the tables) in: Strong-Only 10%" in text
     assert "seed 0: training loss did not decrease (epoch 1: 1, epoch 3: 1.1)" in text
+
+
+@pytest.mark.parametrize("damage", ["missing", "edited"])
+def test_the_report_refuses_a_missing_or_edited_train_log(tiny_prepared, tmp_path, damage):
+    """The † mark reads train_log.csv: without the file, or with one a user edited, it was silently skipped."""
+    params, prepared = tiny_prepared
+    runs = fabricated_pair(tmp_path, prepared)
+    path = runs / "strong_only_10" / "train_log.csv"
+    if damage == "missing":
+        path.unlink()
+    else:
+        log = pd.read_csv(path)
+        log["total"] = log["total"][::-1].to_numpy()  # a loss that rose, rewritten to look like one that fell
+        log.to_csv(path, index=False)
+    params_file = write_params(tmp_path / "params.yaml", params)
+    code, stderr = run_stage("report", *stage_args("report", params_file, prepared, runs))
+    expected = "missing (the train stage writes it" if damage == "missing" else "not the log"
+    assert_one_line_error(code, stderr, str(path), expected, "dvc repro train@strong_only_10")
+    assert not (tmp_path / "out" / "tables.md").exists()
 
 
 # -- nothing stale --------------------------------------------------------------------------------------------
@@ -403,14 +422,42 @@ def test_a_weight_file_that_is_no_state_dict_of_the_encoder_gives_the_documented
     assert reason in message and "\n" not in message
 
 
-def test_a_bad_weight_file_stops_the_train_stage_with_one_line(one_run, tmp_path):
+def test_a_bad_weight_file_stops_the_train_stage_with_one_line(one_run, tmp_path, monkeypatch):
     params, prepared, _ = one_run
-    write_text(tmp_path / "weights.pth")
+    monkeypatch.chdir(tmp_path)  # the stages' working directory is the project root, where weights/ lies
+    (tmp_path / "weights").mkdir()
+    write_text(tmp_path / "weights" / "weights.pth")
     params_file = write_params(tmp_path / "params.yaml",
-                               edited(params, {"model.encoder_weights": str(tmp_path / "weights.pth")}))
+                               edited(params, {"model.encoder_weights": "weights/weights.pth"}))
     code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
     assert_one_line_error(code, stderr, "is not a state dict of the configured encoder resnet18")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_weights_file_outside_the_weights_folder_is_refused(one_run, tmp_path):
+    """DVC re-trains when a dependency changes; a weights file it does not know of could be swapped unseen."""
+    params, prepared, _ = one_run
+    torch.save(build_unet(MODEL).encoder.state_dict(), tmp_path / "weights.pth")
+    params_file = write_params(tmp_path / "params.yaml",
+                               edited(params, {"model.encoder_weights": str(tmp_path / "weights.pth")}))
+    code, stderr = run_stage("train", *stage_args("train", params_file, prepared, tmp_path / "runs"))
+    assert_one_line_error(code, stderr, "model.encoder_weights", "weights/<file>", "the train stage depends on "
+                                                                                  "weights/")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "weights" in stages["train"]["do"]["deps"]
+
+
+def test_the_weights_file_content_is_fingerprinted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    path = tmp_path / "weights" / "encoder.pth"
+    fingerprints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(build_unet(MODEL).encoder.state_dict(), path)
+        fingerprints.append(trainer.weights_fingerprint({**MODEL, "encoder_weights": "weights/encoder.pth"}))
+    assert fingerprints[0] != fingerprints[1] and len(fingerprints[0]) == 64
+    assert trainer.weights_fingerprint({**MODEL, "encoder_weights": None}) == "None"
 
 
 def test_a_method_option_error_names_its_key(one_run, tmp_path):

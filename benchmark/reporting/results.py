@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.artifacts import file_sha256, read_json
-from benchmark.cli import MissingOutputError
+from benchmark.cli import DamagedOutputError, MissingOutputError
 from benchmark.config import all_runs, check_trained_as
 from benchmark.data.prepared import check_trained_on, prepared_fingerprint
 from benchmark.evaluation.metrics import summarise
@@ -130,6 +130,18 @@ def _check_output_hashes(metrics: dict[str, Any], folder: Path) -> None:
                              "from the one recorded there: it was changed or copied from another run since); "
                              f"re-evaluate the run: dvc repro evaluate@{folder.name}")
 
+def _verified_log(info: dict[str, Any], folder: Path) -> Path:
+    """train_log.csv as its training wrote it (train_info.json records its sha256): the report marks a run whose
+    loss did not decrease from it, so a missing or edited log must not pass silently."""
+    path = folder / "train_log.csv"
+    if not path.is_file():
+        raise MissingOutputError(f"{path}: missing (the train stage writes it with the weights); re-train the run: "
+                                 f"dvc repro train@{folder.name}")
+    if file_sha256(path) != info.get("train_log_sha256"):
+        raise DamagedOutputError(f"{path}: not the log {folder / 'train_info.json'} records (its sha256 differs: "
+                                 f"edited, or from another training); re-train the run: dvc repro train@{folder.name}")
+    return path
+
 NUMBER_TOLERANCE = 0.002  # metrics.json keeps 3 decimals: a recomputation may round the last one the other way
 
 
@@ -201,12 +213,12 @@ def collect(params: dict[str, Any], runs_dir: Path, prepared: Path) -> list[RunR
         if not seeds:
             raise ValueError(f"{folder / 'metrics.json'}: per_seed is empty")
         strong = round(100.0 * float(info["strong_fraction"]), 2)
-        log_path = folder / "train_log.csv"
+        log_path = _verified_log(info, folder)
         results.append(RunResult(
             name=spec.name, method=str(info["method"]), row=spec.row, strong=strong,
             weak=round(100 - strong, 2) if info["uses_weak"] else 0.0, seeds=seeds, metrics=metrics, info=info,
             options=dict(info["options"]),
-            loss_not_decreasing=loss_not_decreasing(pd.read_csv(log_path)) if log_path.is_file() else []))
+            loss_not_decreasing=loss_not_decreasing(pd.read_csv(log_path))))
     keys = Counter((result.row, result.strong) for result in results)
     for result in results:
         result.shared = keys[(result.row, result.strong)] > 1

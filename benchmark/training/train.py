@@ -291,7 +291,8 @@ def changed_while_training(watched: dict[Path, str]) -> list[str]:
 
 
 def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
-    """What a checkpoint must match to be resumed: configuration, prepared data, code and torch version.
+    """What a checkpoint must match to be resumed: configuration, prepared data, code, torch version and the local
+    encoder weights file's content.
 
     The code is every loaded module of the `benchmark` and `methods` packages: what the run executes."""
     # where and how often checkpoints are written changes no result, so a checkpoint survives a change of either
@@ -304,7 +305,22 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
         "data": prepared_fingerprint(prepared_dir),
         "code": sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
         "torch": str(torch.__version__),
+        "weights": weights_fingerprint(params["model"]),
     }
+
+
+def weights_file(model_params: dict[str, Any]) -> Path | None:
+    """The local encoder weights file the run starts from; None for random or downloaded ImageNet weights."""
+    weights = model_params.get("encoder_weights")
+    return None if weights in (None, "imagenet") else Path(weights)
+
+
+def weights_fingerprint(model_params: dict[str, Any]) -> str:
+    """sha256 of the local encoder weights file, else the setting itself (null, imagenet: pinned by the lock file)."""
+    path = weights_file(model_params)
+    if path is None:
+        return str(model_params.get("encoder_weights"))
+    return file_sha256(path) if path.is_file() else f"missing: {path}"
 
 
 def checkpoint_dir(params: dict[str, Any], spec: RunSpec, seed: int) -> Path:
@@ -707,10 +723,12 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             "run": spec.name, "method": spec.method, "row": spec.row, "strong_fraction": spec.strong_fraction,
             **counts, "epochs": int(train_params["epochs"]), "batch_size": int(train_params["batch_size"]),
             "encoder": model_params["encoder"], "encoder_weights": model_params.get("encoder_weights"),
+            "encoder_weights_fingerprint": weights_fingerprint(model_params),
             "threads": threads, "seed_workers": workers, "torch": str(torch.__version__),
             "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),  # summed over seeds
             "train_wall_seconds": round(time.perf_counter() - started, 2),  # the stage's own time, seeds side by side
             "configured": spec.configured(), "model": model_params,
+            "train_log_sha256": file_sha256(run_dir / "train_log.csv"),  # the report's loss check reads it
             "seeds": seeds_info,
         }
         atomic_write_json(run_dir / "train_info.json", info)  # last: its presence marks the outputs complete
@@ -736,7 +754,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = run_spec(params, args.run)
     # DVC records the params and code it finds when the stage ends: an edit during training would be recorded as
     # what trained these weights, and the stage would look up to date
-    watched = {path: file_sha256(path) for path in [Path(args.params), *loaded_code(spec).values()] if path.is_file()}
+    watched = {path: file_sha256(path) for path in [Path(args.params), *loaded_code(spec).values(),
+                                                    weights_file(params["model"])] if path and path.is_file()}
     info = train_run(spec, params, Path(args.prepared), Path(args.out))
     changed = changed_while_training(watched)
     if changed:
