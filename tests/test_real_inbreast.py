@@ -56,7 +56,7 @@ def roi(name: str, points: list[tuple[float, float]]) -> dict:
 
 RECTANGLE = [(9.5, 4.5), (20.5, 4.5), (20.5, 16.5), (9.5, 16.5)]  # pixel centres rows 5..16, cols 10..20
 TRIANGLE = [(3.3, 30.2), (27.8, 35.6), (12.4, 58.9)]
-POINT = [(25.2, 10.7)]  # a one-point Mass: mark the pixel
+POINT = [(25.2, 10.7)]  # a one-point Mass: no area, dropped and listed in the report
 
 
 def rectangle_mask() -> np.ndarray:
@@ -66,14 +66,16 @@ def rectangle_mask() -> np.ndarray:
 
 
 def write_inbreast_tree(root: Path) -> dict[str, np.ndarray]:
-    """Six cases: mass + calcification + cluster; triangle + one-point mass; calcification only;
+    """Six cases: mass + calcification + cluster; triangle + one-point mass (dropped); calcification only;
     DICOM without XML; XML without DICOM; corrupt DICOM. Returns the expected mask per file name."""
     (root / "AllDICOMs").mkdir(parents=True)
     (root / "AllXML").mkdir()
     rng = np.random.default_rng(0)
 
     def image() -> np.ndarray:
-        return rng.integers(0, 1 << 14, (H, W)).astype(np.uint16)  # 14 bits stored in 16
+        # 14 bits stored in 16: a smooth ramp with some noise, as a picture is (random pixels are refused)
+        ramp = np.add.outer(np.linspace(0, 12000, H), np.linspace(0, 3000, W))
+        return (ramp + rng.integers(0, 256, (H, W))).astype(np.uint16)
 
     files = {"22678622": ("R", "CC"), "22678646": ("L", "CC"), "22678670": ("R", "ML"), "22678694": ("L", "ML"),
              "50997461": ("R", "CC")}
@@ -98,7 +100,6 @@ def write_inbreast_tree(root: Path) -> dict[str, np.ndarray]:
             "removed;removed;R;MLO;201001;22678670;2;2", "removed;removed;L;MLO;201001;22678694;2;1"]
     (root / "INbreast.csv").write_bytes(("\r\n".join([CSV_HEADER] + rows) + "\r\n").encode())
     triangle = inside_by_ray_casting(np.array(TRIANGLE), (H, W))
-    triangle[11, 25] = True
     return {"INbreast_22678622": rectangle_mask(), "INbreast_22678646": triangle}
 
 
@@ -114,7 +115,7 @@ def test_mass_polygons_are_filled_pixel_for_pixel(tmp_path):
     assert arrays.source == "INbreast" and arrays.images.shape == (2, S, S)
     for mask, want in zip(arrays.masks, expected.values()):
         np.testing.assert_array_equal(mask, np.repeat(want, S // W, axis=1))
-    assert arrays.extra["n_masses"] == [1, 2]
+    assert arrays.extra["n_masses"] == [1, 1]
     assert arrays.extra["laterality"] == ["R", "L"] and arrays.extra["view"] == ["CC", "CC"]
     assert arrays.extra["acr"] == ["4", None]  # the blank padded ACR cell
     assert arrays.extra["birads"] == ["4c", "1"]
@@ -124,7 +125,8 @@ def test_report_lists_every_skipped_file_with_its_reason(tmp_path):
     write_inbreast_tree(tmp_path / "inbreast")
     _, report = load_inbreast(settings_for(tmp_path / "inbreast"))
     assert {k: report[k] for k in ("dicoms", "xmls", "images", "masses", "xml_without_mass", "dicoms_without_xml")} == {
-        "dicoms": 5, "xmls": 5, "images": 2, "masses": 3, "xml_without_mass": 1, "dicoms_without_xml": 1}
+        "dicoms": 5, "xmls": 5, "images": 2, "masses": 2, "xml_without_mass": 1, "dicoms_without_xml": 1}
+    assert [(r["item"], r["points"]) for r in report["mass_rois_without_area"]] == [("22678646", 1)]
     reasons = {s["item"]: s["reason"] for s in report["skipped"]}
     assert reasons["22678670"] == "no Mass ROI (ROIs: Calcification)"
     assert "no AllDICOMs/99999999_*.dcm" in reasons["99999999"]
@@ -227,3 +229,47 @@ def test_real_inbreast_csv_parses():
     assert sum(row["acr"] is None for row in table.values()) == 1
     assert {row["view"] for row in table.values()} >= {"CC", "MLO", "FB"}
     assert {"4a", "4b", "4c"} <= {row["birads"] for row in table.values()}
+
+
+def test_comma_decimal_points_read_as_the_same_outline(tmp_path):
+    """A plist written under a comma-decimal locale: '(9,500000, 4,500000)' was read as (9, 500000), outside."""
+    write_inbreast_tree(tmp_path / "inbreast")
+    xml = tmp_path / "inbreast" / "AllXML" / "22678622.xml"
+    rectangle = roi("Mass", RECTANGLE)
+    rectangle["Point_px"] = [f"({x:.6f}, {y:.6f})".replace(".", ",") for x, y in RECTANGLE]
+    xml.write_bytes(plistlib.dumps({"Images": [{"ROIs": [rectangle]}]}))
+    (name, points), = read_rois(xml)
+    np.testing.assert_array_equal(points, np.array(RECTANGLE))
+    arrays, _ = load_inbreast(settings_for(tmp_path / "inbreast"))
+    np.testing.assert_array_equal(arrays.masks[0], np.repeat(rectangle_mask(), S // W, axis=1))
+
+
+@pytest.mark.parametrize("text", ["(1,5,2,5)", "(abc, 3)", "(7)"])
+def test_a_point_that_is_no_point_names_its_xml(tmp_path, text):
+    write_inbreast_tree(tmp_path / "inbreast")
+    xml = tmp_path / "inbreast" / "AllXML" / "22678622.xml"
+    broken = roi("Mass", RECTANGLE)
+    broken["Point_px"][1] = text
+    xml.write_bytes(plistlib.dumps({"Images": [{"ROIs": [broken]}]}))
+    _, report = load_inbreast(settings_for(tmp_path / "inbreast"))
+    (entry,) = [s for s in report["skipped"] if s["item"] == "22678622"]
+    assert entry["path"] == str(xml) and f"not a point (x, y): {text!r}" in entry["reason"]
+
+
+def test_a_mass_of_two_points_is_no_outline(tmp_path):
+    write_inbreast_tree(tmp_path / "inbreast")
+    xml = tmp_path / "inbreast" / "AllXML" / "22678622.xml"
+    xml.write_bytes(plistlib.dumps({"Images": [{"ROIs": [roi("Mass", [(2.0, 3.0), (20.0, 30.0)])]}]}))
+    _, report = load_inbreast(settings_for(tmp_path / "inbreast"))
+    reasons = {s["item"]: s["reason"] for s in report["skipped"]}
+    assert reasons["22678622"] == "no Mass ROI with an area: 1 of fewer than 3 points"
+
+
+def test_an_all_zero_dicom_is_skipped_with_its_path(tmp_path):
+    write_inbreast_tree(tmp_path / "inbreast")
+    (path,) = (tmp_path / "inbreast" / "AllDICOMs").glob("22678622_*.dcm")
+    write_dicom(path, np.zeros((H, W), np.uint16), laterality="R")
+    arrays, report = load_inbreast(settings_for(tmp_path / "inbreast"))
+    assert arrays.image_ids == ["INbreast_22678646"]
+    reasons = {s["item"]: s["reason"] for s in report["skipped"]}
+    assert reasons["22678622"] == f"{path}: every pixel is 0: no image"

@@ -6,7 +6,15 @@ import pytest
 
 from benchmark.data.real import RealDataError
 from benchmark.data.real.dicomio import read_header, read_pixels, write_dicom
-from benchmark.data.real.preprocess import MaskOutsideCrop, clip_and_scale, find_breast, preprocess_pair, resize_pair
+from benchmark.data.real.preprocess import (
+    MaskOutsideCrop,
+    NotAnImage,
+    check_image_content,
+    clip_and_scale,
+    find_breast,
+    preprocess_pair,
+    resize_pair,
+)
 from benchmark.data.real.settings import PreprocessSettings, preprocess_settings, real_settings
 
 
@@ -150,3 +158,28 @@ def test_settings_defaults():
     assert settings == PreprocessSettings(352, breast_crop=True, flip_to_left=False, clip_percentiles=(0.5, 99.5))
     real = real_settings({"image_size": 352, "real": {"cbis_root": "~/cbis", "inbreast_root": "/data/inbreast"}})
     assert real.cbis_layout == "auto" and real.workers >= 1 and "~" not in str(real.cbis_root)
+
+
+@pytest.mark.parametrize("kind", ["all zero", "constant", "random pixels"])
+def test_a_file_of_no_picture_is_refused(kind):
+    """An all-zero or random-pixel DICOM used to become a training image with its mask, without a warning."""
+    rng = np.random.default_rng(0)
+    image = {"all zero": np.zeros((300, 200), np.uint16), "constant": np.full((300, 200), 4095, np.uint16),
+             "random pixels": rng.integers(0, 1 << 14, (300, 200)).astype(np.uint16)}[kind]
+    mask = np.zeros(image.shape, np.uint8)
+    mask[100:140, 80:120] = 1
+    with pytest.raises(NotAnImage, match="no image" if kind != "random pixels" else "noise, not an image"):
+        preprocess_pair(image, mask, PreprocessSettings(image_size=32))
+
+
+def test_every_real_film_is_a_picture():
+    """No false alarm on the real films (the 1,231 CBIS-DDSM films of cbis-boxes and the ten with masks)."""
+    import cv2
+
+    from tests.conftest import real_samples
+
+    root = real_samples("cbis-boxes/images", "films/images", missing="shared/reference/real-samples not present")
+    paths = sorted((root / "cbis-boxes" / "images").iterdir()) + sorted((root / "films" / "images").iterdir())
+    assert len(paths) > 1000
+    for path in paths:
+        check_image_content(cv2.imread(str(path), cv2.IMREAD_UNCHANGED))

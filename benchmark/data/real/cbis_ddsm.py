@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmark.data.real.dicomio import read_header, read_pixels
 from benchmark.data.real.parallel import run_parallel
-from benchmark.data.real.preprocess import MaskOutsideCrop, outside_crop_report, preprocess_pair
+from benchmark.data.real.preprocess import MaskOutsideCrop, NotAnImage, outside_crop_report, preprocess_pair
 from benchmark.data.real.settings import PreprocessSettings, RealDataError, RealSettings
 
 if TYPE_CHECKING:  # workers import this module; pandas (via benchmark.data.prepared) would only slow their start
@@ -388,6 +388,8 @@ def decode_image(task: ImageTask) -> dict:
         prepared, prepared_mask, info = preprocess_pair(image, mask, task.settings)
     except MaskOutsideCrop as error:
         return {"image_id": task.image_id, "skipped": str(error), "mask_outside_crop": True}
+    except NotAnImage as error:
+        return {"image_id": task.image_id, "skipped": f"{image_path}: {error}"}
     except Unusable as error:
         return {"image_id": task.image_id, "skipped": str(error)}
     except Exception as error:  # anything unforeseen in one image is recorded, not fatal to the run

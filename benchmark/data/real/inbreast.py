@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmark.data.real.dicomio import read_pixels
 from benchmark.data.real.parallel import run_parallel
-from benchmark.data.real.preprocess import MaskOutsideCrop, outside_crop_report, preprocess_pair
+from benchmark.data.real.preprocess import MaskOutsideCrop, NotAnImage, outside_crop_report, preprocess_pair
 from benchmark.data.real.settings import PreprocessSettings, RealDataError, RealSettings
 
 if TYPE_CHECKING:  # workers import this module; pandas (via benchmark.data.prepared) would only slow their start
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # workers import this module; pandas (via benchmark.data.prep
 
 EXPECTED = ("<root>/AllDICOMs/<FileName>_<hex>_MG_<R|L>_<CC|ML>_ANON.dcm, <root>/AllXML/<FileName>.xml "
             "and <root>/INbreast.csv (as distributed by the INbreast authors)")
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+MIN_OUTLINE_POINTS = 3  # a Mass ROI of fewer points has no area and is dropped (listed in the report)
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,18 @@ def read_inbreast_csv(path: str | Path) -> dict[str, dict]:
 
 
 def parse_point(text: str) -> tuple[float, float]:
-    """'(x, y)' or '(x, y, z)' -> (x, y); x is the column, y the row."""
-    numbers = NUMBER.findall(text)
-    if len(numbers) < 2:
-        raise ValueError(f"not a point: {text!r}")
-    return float(numbers[0]), float(numbers[1])
+    """'(x, y)' or '(x, y, z)' -> (x, y); x is the column, y the row. A plist written under a comma-decimal locale
+    reads '(1589,30, 1293,24)': the coordinates are then separated by a comma and a space, and each one's comma
+    is its decimal point."""
+    inner = text.strip().removeprefix("(").removesuffix(")").strip()
+    parts = re.split(r",\s+", inner) if re.search(r",\s", inner) else inner.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        x, y = (float(part.strip().replace(",", ".")) for part in parts[:2])
+    except ValueError:
+        raise ValueError(f"not a point (x, y): {text!r}") from None
+    return x, y
 
 
 def read_rois(xml_path: str | Path) -> list[tuple[str, np.ndarray]]:
@@ -112,6 +119,8 @@ def decode_image(task: InbreastTask) -> dict:
         prepared, prepared_mask, info = preprocess_pair(image, mask, task.settings)
     except MaskOutsideCrop as error:
         return {"file_name": task.file_name, "skipped": str(error), "mask_outside_crop": True}
+    except NotAnImage as error:
+        return {"file_name": task.file_name, "skipped": f"{task.dicom_path}: {error}"}
     except Exception as error:  # a corrupt DICOM costs this image only, with the reason on record
         return {"file_name": task.file_name, "skipped": f"{task.dicom_path}: unreadable ({type(error).__name__}: {error})"}
     return {"file_name": task.file_name, "image": prepared, "mask": prepared_mask,
@@ -146,7 +155,7 @@ def load_inbreast(settings: RealSettings) -> tuple[DomainArrays, dict]:
         raise RealDataError(f"data.real.inbreast_root = {root}: {len(dicoms)} DICOMs, {len(xmls)} XMLs. Expected {EXPECTED}.")
     table_path = root / "INbreast.csv"
     table = read_inbreast_csv(table_path) if table_path.is_file() else {}
-    tasks, skipped, no_mass = [], [], 0
+    tasks, skipped, no_mass, without_area = [], [], 0, []
     for xml in xmls:
         file_name = xml.stem
         try:
@@ -155,12 +164,17 @@ def load_inbreast(settings: RealSettings) -> tuple[DomainArrays, dict]:
             skipped.append({"domain": "inbreast", "item": file_name, "path": str(xml),
                             "reason": f"unreadable XML ({type(error).__name__}: {error})"})
             continue
-        masses = tuple(points for name, points in rois if name.lower() == "mass" and len(points))
+        mass_rois = [points for name, points in rois if name.lower() == "mass"]
+        # a point or a segment outlines nothing: no mask to learn from or score against
+        masses = tuple(points for points in mass_rois if len(points) >= MIN_OUTLINE_POINTS)
+        without_area += [{"item": file_name, "path": str(xml), "points": len(points)}
+                         for points in mass_rois if len(points) < MIN_OUTLINE_POINTS]
         if not masses:
             no_mass += 1
             names = ", ".join(sorted({name for name, _ in rois})) or "none"
             skipped.append({"domain": "inbreast", "item": file_name, "path": str(xml),
-                            "reason": f"no Mass ROI (ROIs: {names})"})
+                            "reason": f"no Mass ROI with an area: {len(mass_rois)} of fewer than "
+                                      f"{MIN_OUTLINE_POINTS} points" if mass_rois else f"no Mass ROI (ROIs: {names})"})
         elif file_name not in dicoms:
             skipped.append({"domain": "inbreast", "item": file_name, "path": str(xml),
                             "reason": f"no AllDICOMs/{file_name}_*.dcm for this XML"})
@@ -175,6 +189,7 @@ def load_inbreast(settings: RealSettings) -> tuple[DomainArrays, dict]:
         "root": str(root), "csv": str(table_path) if table else None, "dicoms": len(dicoms), "xmls": len(xmls),
         "images": len(kept), "masses": sum(len(by_name[r["file_name"]].polygons) for r in kept),
         "xml_without_mass": no_mass, "dicoms_without_xml": len(set(dicoms) - {x.stem for x in xmls}),
+        "mass_rois_without_area": without_area,
         "rescued_masks": sum(r["mask_rescued"] for r in kept),
         "mask_outside_crop": outside_crop_report(results, settings.preprocess, "file_name"),
         "skipped": skipped,
