@@ -1,17 +1,20 @@
 """The trainer's pieces: batch composition, flips, schedule, one real training step, seeds side by side."""
 import copy
+import multiprocessing
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from benchmark.cli import MissingOutputError
 from benchmark.config import ConfigError, RunSpec
 from benchmark.training.sampling import BatchSampler, TrainingSet
 from benchmark.training.train import (
     NonFiniteLossError,
     check_batch_fits,
     poly_lr,
+    run_seed_processes,
     seed_schedule,
     steps_per_epoch,
     train_run,
@@ -155,9 +158,10 @@ def test_seed_schedule_splits_the_threads_between_seed_workers():
 
 
 def test_seeds_trained_side_by_side_are_bit_identical_to_serial_training(tiny_prepared, tmp_path):
-    """Two seeds in two worker processes (1 thread each) against the same seeds one after another at 1 thread."""
+    """Three seeds in two worker processes (1 thread each; the third starts when one ends: a multiprocessing.Pool
+    replacing its worker there hung the trainer) against the same seeds one after another at 1 thread."""
     params, prepared = tiny_prepared
-    spec = RunSpec(name="s", method="vanilla_hybrid", strong_fraction=0.5, seeds=(0, 1), row="Vanilla-Hybrid")
+    spec = RunSpec(name="s", method="vanilla_hybrid", strong_fraction=0.5, seeds=(0, 1, 2), row="Vanilla-Hybrid")
     infos = {}
     for mode, threads, workers in (("serial", 1, 1), ("parallel", 2, 2)):
         run_params = copy.deepcopy(params)
@@ -166,7 +170,7 @@ def test_seeds_trained_side_by_side_are_bit_identical_to_serial_training(tiny_pr
         infos[mode] = train_run(spec, run_params, prepared, tmp_path / mode, show_progress=False)
     assert (infos["serial"]["seed_workers"], infos["serial"]["threads"]) == (1, 1)
     assert (infos["parallel"]["seed_workers"], infos["parallel"]["threads"]) == (2, 1)
-    for seed in ("0", "1"):
+    for seed in ("0", "1", "2"):
         assert infos["parallel"]["seeds"][seed]["model_sha256"] == infos["serial"]["seeds"][seed]["model_sha256"]
         serial = torch.load(tmp_path / "serial" / "s" / "models" / f"seed_{seed}.pt", weights_only=True)
         parallel = torch.load(tmp_path / "parallel" / "s" / "models" / f"seed_{seed}.pt", weights_only=True)
@@ -174,4 +178,13 @@ def test_seeds_trained_side_by_side_are_bit_identical_to_serial_training(tiny_pr
     assert infos["serial"]["seeds"]["0"]["model_sha256"] != infos["serial"]["seeds"]["1"]["model_sha256"]
     logs = {mode: pd.read_csv(tmp_path / mode / "s" / "train_log.csv").drop(columns="seconds") for mode in infos}
     pd.testing.assert_frame_equal(logs["serial"], logs["parallel"], check_exact=True)
-    assert list(logs["parallel"]["seed"]) == [0, 1], "log rows in seed order"
+    assert list(logs["parallel"]["seed"]) == [0, 1, 2], "log rows in seed order"
+
+
+def test_a_seed_that_fails_in_its_process_fails_the_run_with_its_own_error(tiny_prepared, tmp_path):
+    params, _ = tiny_prepared
+    spec = RunSpec(name="s", method="vanilla_hybrid", strong_fraction=0.5, seeds=(0, 1), row="Vanilla-Hybrid")
+    jobs = [(spec, seed, params, tmp_path / "nowhere", {}, False, 1, seed) for seed in (0, 1)]
+    with pytest.raises(MissingOutputError, match="nowhere"):
+        run_seed_processes(jobs, 2)
+    assert not multiprocessing.active_children(), "no seed process is left behind"

@@ -56,6 +56,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_connections
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -635,7 +637,7 @@ def _die_with_parent() -> None:
 
 @contextlib.contextmanager
 def stop_on_sigterm(spec: RunSpec) -> Iterator[None]:
-    """While seed workers train: SIGTERM to the trainer stops them (leaving the pool terminates its workers) and
+    """While seed workers train: SIGTERM to the trainer stops them (the trainer terminates their processes) and
     ends the stage with a one-line message; the checkpoints already written resume the run. Left as it is where
     the trainer's SIGTERM is not the default (benchmark.tools.launch leaves it to submitit)."""
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or \
@@ -664,6 +666,62 @@ def _seed_worker(job: tuple) -> tuple[bytes, list[dict[str, Any]], dict[str, Any
     buffer = io.BytesIO()
     torch.save(result.state_dict, buffer)
     return buffer.getvalue(), result.log_rows, result.info
+
+
+def _seed_process(job: tuple, sender: Connection) -> None:
+    """The target of one seed's process: its result, or the exception it raised, goes back through `sender`."""
+    _die_with_parent()
+    try:
+        message: tuple[str, Any] = ("result", _seed_worker(job))
+    except BaseException as error:  # noqa: BLE001 - the trainer re-raises it, as if the seed had run in-process
+        message = ("error", error)
+    try:
+        sender.send(message)
+    except Exception:  # noqa: BLE001 - an exception that does not pickle still travels as its text
+        sender.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}")))
+    sender.close()
+
+
+def run_seed_processes(jobs: list[tuple], workers: int) -> list[tuple[bytes, list[dict[str, Any]], dict[str, Any]]]:
+    """Every job in a fresh spawned process of its own, at most `workers` at once; the results in job order.
+
+    Spawn, not fork: a forked child would inherit this process's OpenMP pool. One process per seed, started and
+    joined here, rather than a multiprocessing.Pool with maxtasksperchild=1: a Pool replaces each finished worker
+    with a new one, and that replacement hung both Pool.terminate() and Pool.join() after every seed had
+    trained (seen twice in a study). A seed that fails, or a signal to the trainer, stops the other seeds."""
+    context = multiprocessing.get_context("spawn")
+    waiting, running, results = list(enumerate(jobs)), {}, {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                index, job = waiting.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_seed_process, args=(job, sender), daemon=True)
+                process.start()
+                sender.close()  # the child holds the only sending end: its death reads as EOF here
+                running[index] = (process, receiver)
+            ready = wait_for_connections([receiver for _, receiver in running.values()])
+            for index in [i for i, (_, receiver) in running.items() if receiver in ready]:
+                process, receiver = running.pop(index)
+                try:
+                    kind, value = receiver.recv()
+                except EOFError:
+                    process.join()
+                    raise RuntimeError(f"the seed worker of seed {jobs[index][1]} ended (exit code "
+                                       f"{process.exitcode}) before returning its result") from None
+                finally:
+                    receiver.close()
+                process.join()
+                if kind == "error":
+                    raise value
+                results[index] = value
+    finally:
+        for process, receiver in running.values():
+            process.terminate()
+            receiver.close()
+        for process, _ in running.values():
+            process.join()
+    return [results[index] for index in range(len(jobs))]
 
 
 def _seed_result(payload: tuple[bytes, list[dict[str, Any]], dict[str, Any]]) -> SeedResult:
@@ -698,16 +756,8 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
         else:
             jobs = [(spec, seed, params, prepared_dir, fingerprint, show_progress, threads, k % workers)
                     for k, seed in enumerate(spec.seeds)]
-            # spawn, not fork: a forked child would inherit this process's OpenMP pool; one fresh process per
-            # seed. Leaving the block terminates the pool, so a failing seed stops the others too.
-            with stop_on_sigterm(spec), multiprocessing.get_context("spawn").Pool(
-                    workers, initializer=_die_with_parent, maxtasksperchild=1) as pool:
-                results = [_seed_result(payload) for payload in pool.imap(_seed_worker, jobs, chunksize=1)]
-                # every seed is back: let the pool end its workers. Leaving the block alone calls terminate(),
-                # which can wait forever on a replacement worker that maxtasksperchild started and that sits in
-                # the task queue's read lock (seen: a study hung there after its three seeds had trained)
-                pool.close()
-                pool.join()
+            with stop_on_sigterm(spec):
+                results = [_seed_result(payload) for payload in run_seed_processes(jobs, workers)]
 
         log_rows, seeds_info, counts = [], {}, {}
         # written once every seed has trained: a diverged seed leaves none
