@@ -6,18 +6,20 @@ so that a failed or killed stage leaves nothing under runs/<run>/ that looks lik
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.cli import DamagedOutputError, MissingOutputError
+from benchmark.cli import DamagedOutputError, MissingOutputError, UnwritableOutputError
 
 # what each stage writes into runs/<run>/ (directories end with "/"), the file marking completion first,
 # the order in which a starting stage removes them
@@ -29,22 +31,44 @@ def remove_outputs(run_dir: str | Path, names: tuple[str, ...]) -> None:
     """Delete these outputs of a run folder (missing ones are fine)."""
     for name in names:
         path = Path(run_dir) / name.rstrip("/")
-        if name.endswith("/"):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        try:
+            if name.endswith("/"):
+                if path.exists():
+                    shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as error:
+            raise UnwritableOutputError(f"{path}: could not be removed ({error.strerror or error}); the stage "
+                                        "changed nothing. Make the folder writable, then run it again.") from None
 
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+@contextlib.contextmanager
+def written(path: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
+    """Write `path` through a temporary file (yielded), renamed into place at the end. Whatever goes wrong on the
+    way, the temporary file goes; an OSError (a full disk, a read-only folder) becomes one line naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = Path(tmp) if tmp is not None else _tmp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise UnwritableOutputError(f"{path}: could not be written ({error.strerror or error}); nothing was "
+                                        "left half-written. Make room or make the folder writable, then run the "
+                                        "stage again.") from None
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with written(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
@@ -56,20 +80,19 @@ def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 
 def atomic_torch_save(path: str | Path, payload: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    # serialised in memory first: torch's own file writer reports a full disk as "enforce fail at
+    # inline_container.cc", an ordinary write reports it as the OSError it is
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with written(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def atomic_savez(path: str | Path, **arrays: Any) -> None:
     """Compressed .npz under a temporary name (np.savez adds '.npz' to names without it, hence the suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with written(path, path.with_name(path.stem + ".tmp.npz")) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def read_json(path: str | Path) -> Any:

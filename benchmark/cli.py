@@ -28,6 +28,10 @@ class DamagedOutputError(ReportedError, ValueError):
     edited, another format); the message names the file and the command that rebuilds it."""
 
 
+class UnwritableOutputError(ReportedError):
+    """An output could not be written or replaced (a full disk, a read-only folder); nothing was left half-written."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run an entry point's `main`; a ReportedError becomes its message on stderr and exit status 1."""
     try:

@@ -5,13 +5,14 @@ Shared by the data preview (benchmark/data/preview.py, prepare stage) and the re
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmark.artifacts import written  # noqa: E402
 
 MASK_COLOUR, BOX_COLOUR = "#1f77ff", "#ffcc00"
 PREDICTION_COLOUR = "#ff2020"
@@ -24,8 +25,8 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> None:
     and two renders of the same inputs are identical (matplotlib writes no date into PNGs).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with written(path, path.with_name(path.stem + ".tmp" + path.suffix)) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)

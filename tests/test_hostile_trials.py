@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import errno
 import io
 import json
 import os
@@ -31,7 +32,7 @@ import yaml
 
 import benchmark.training.train as trainer
 from benchmark.__main__ import main as suite_command
-from benchmark.cli import DVC_STAGE, add_run_argument, chosen_run, run_cli
+from benchmark.cli import DVC_STAGE, UnwritableOutputError, add_run_argument, chosen_run, run_cli
 from benchmark.config import run_spec
 from benchmark.data.prepared import load_prepared
 from benchmark.evaluation.evaluate import evaluate_run
@@ -771,3 +772,67 @@ def test_a_hostile_run_name_from_dvc_is_refused_in_one_line(monkeypatch, capsys,
     monkeypatch.delenv(DVC_STAGE)
     assert run_cli(train_main, ["--from-dvc-stage"]) == 1
     assert "not a <stage>@<run> address" in capsys.readouterr().err
+
+
+# -- a full disk, a read-only folder -------------------------------------------------------------------------
+def disk_full_after(nbytes: int):
+    """A writer that puts `nbytes` on disk and then fails as a full disk does."""
+    def write(self, data, *args, **kwargs):
+        with open(self, "wb") as handle:
+            handle.write((data.encode() if isinstance(data, str) else bytes(memoryview(data)))[:nbytes])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write
+
+
+@pytest.mark.parametrize("writer", ["model", "json", "figure"])
+def test_a_full_disk_leaves_no_temporary_file_and_says_so_in_one_line(writer, tmp_path, monkeypatch):
+    """A full disk left 30-100 MB .tmp files and torch's 'enforce fail at inline_container.cc'."""
+    from benchmark.artifacts import atomic_torch_save, atomic_write_json
+    from benchmark.drawing import plt, save_figure
+
+    path = tmp_path / "out" / {"model": "seed_0.pt", "json": "metrics.json", "figure": "fig.png"}[writer]
+    if writer == "figure":
+        real_savefig = plt.Figure.savefig
+
+        def savefig(self, target, *args, **kwargs):
+            real_savefig(self, target, *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(plt.Figure, "savefig", savefig)
+    else:
+        monkeypatch.setattr(Path, "write_bytes" if writer == "model" else "write_text", disk_full_after(100))
+    with pytest.raises(UnwritableOutputError) as error:
+        {"model": lambda: atomic_torch_save(path, {"w": torch.zeros(1000)}),
+         "json": lambda: atomic_write_json(path, {"a": list(range(1000))}),
+         "figure": lambda: save_figure(plt.figure(), path)}[writer]()
+    assert str(error.value).startswith(f"{path}: could not be written (No space left on device)")
+    assert "\n" not in str(error.value) and list((tmp_path / "out").iterdir()) == []
+
+
+def test_prepare_on_a_full_disk_leaves_no_half_written_folder(tmp_path, monkeypatch):
+    params = tiny_params()
+    params_file = write_params(tmp_path / "params.yaml", params)
+    real_savez = np.savez
+
+    def savez(file, **arrays):
+        real_savez(file, **arrays)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez", savez)
+    code, stderr = run_stage("prepare", "--params", params_file, "--out", tmp_path / "prepared",
+                             "--preview", tmp_path / "preview.png")
+    assert_one_line_error(code, stderr, f"{tmp_path / 'prepared'}: could not be written (No space left on device)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_read_only_run_folder_is_one_line(tmp_path, monkeypatch):
+    """`chmod -w runs/<run>` (OSError 30 on a read-only mount) gave a traceback."""
+    from benchmark.artifacts import remove_outputs
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(UnwritableOutputError, match=r"run/metrics.json: could not be removed \(Read-only file "
+                                                    r"system\); the stage changed nothing"):
+        remove_outputs(tmp_path / "run", ("metrics.json",))

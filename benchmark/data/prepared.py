@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import ndimage
 
 from benchmark.artifacts import file_sha256, sha256_json
-from benchmark.cli import DamagedOutputError, MissingOutputError
+from benchmark.cli import DamagedOutputError, MissingOutputError, UnwritableOutputError
 from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
@@ -160,21 +160,8 @@ def _atomic_replace_dir(tmp_dir: Path, out_dir: Path) -> None:
     os.replace(tmp_dir, out_dir)
 
 
-def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, split_seed: int,
-                   test_fraction: float, box_margin: int = 0, split: str = "random",
-                   report: dict | None = None) -> pd.DataFrame:
-    """Write both domains, the manifest and the report; the folder appears only once complete."""
-    out_dir = Path(out_dir)
-    missing = [name for name in DOMAINS if name not in domains]
-    if missing:
-        raise ValueError(f"write_prepared needs both domains; missing: {missing}")
-    for name in DOMAINS:
-        if len(domains[name].images) == 0:
-            raise ValueError(f"prepare produced zero usable images for domain '{name}'; nothing was written.")
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    tmp_dir.mkdir(parents=True)
+def _write_prepared_files(tmp_dir: Path, domains: dict[str, DomainArrays], split_seed: int, test_fraction: float,
+                          box_margin: int, split: str, report: dict | None) -> pd.DataFrame:
     frames = []
     for name in DOMAINS:
         frame, boxes = _domain_manifest(name, domains[name], box_margin)
@@ -197,7 +184,34 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
     split_report = {"kind": split, "seed": split_seed, **same_breast_leaks(manifest)}
     (tmp_dir / "prepare_report.json").write_text(
         json.dumps({"domains": summary, "split": split_report, **(report or {})}, indent=2))
-    _atomic_replace_dir(tmp_dir, out_dir)
+    return manifest
+
+
+def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, split_seed: int,
+                   test_fraction: float, box_margin: int = 0, split: str = "random",
+                   report: dict | None = None) -> pd.DataFrame:
+    """Write both domains, the manifest and the report; the folder appears only once complete."""
+    out_dir = Path(out_dir)
+    missing = [name for name in DOMAINS if name not in domains]
+    if missing:
+        raise ValueError(f"write_prepared needs both domains; missing: {missing}")
+    for name in DOMAINS:
+        if len(domains[name].images) == 0:
+            raise ValueError(f"prepare produced zero usable images for domain '{name}'; nothing was written.")
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    try:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+        tmp_dir.mkdir(parents=True)
+        manifest = _write_prepared_files(tmp_dir, domains, split_seed, test_fraction, box_margin, split, report)
+        _atomic_replace_dir(tmp_dir, out_dir)
+    except BaseException as error:  # a full disk or an error leaves no half-written folder of tens of MB behind
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise UnwritableOutputError(f"{out_dir}: could not be written ({error.strerror or error}); nothing was "
+                                        "left half-written. Make room or make the folder writable, then run "
+                                        "prepare again.") from None
+        raise
     return manifest
 
 
