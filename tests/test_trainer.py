@@ -13,6 +13,7 @@ from benchmark.training.sampling import BatchSampler, TrainingSet
 from benchmark.training.train import (
     NonFiniteLossError,
     check_batch_fits,
+    check_finite,
     poly_lr,
     run_seed_processes,
     seed_schedule,
@@ -188,3 +189,14 @@ def test_a_seed_that_fails_in_its_process_fails_the_run_with_its_own_error(tiny_
     with pytest.raises(MissingOutputError, match="nowhere"):
         run_seed_processes(jobs, 2)
     assert not multiprocessing.active_children(), "no seed process is left behind"
+
+
+@pytest.mark.parametrize("epoch, step, advice", [(1, 0, "check the prepared data (dvc repro prepare)"),
+                                                 (1, 2, "lower train.lr"), (3, 0, "lower train.lr")])
+def test_a_non_finite_loss_advises_by_where_it_happened(epoch, step, advice):
+    """NaN data stopped the run with 'lower train.lr', which cannot act before the first update."""
+    values = torch.ones(4, 2)
+    values[step, 1] = float("nan")
+    with pytest.raises(NonFiniteLossError) as error:
+        check_finite("r", 0, epoch, ["a", "b"], values)
+    assert advice in str(error.value)

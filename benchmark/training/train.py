@@ -254,10 +254,14 @@ def check_finite(run: str, seed: int, epoch: int, names: list[str], values: torc
     bad = ~torch.isfinite(values)
     if bad.any():
         step, term = (int(i) for i in torch.nonzero(bad)[0])
+        # before the first update the learning rate has done nothing yet: the inputs or the loss itself are wrong
+        advice = ("check the prepared data (dvc repro prepare) and the method's loss: the learning rate has not "
+                  "acted yet at the first step" if (epoch, step) == (1, 0) else
+                  "lower train.lr, or check the method's loss for a division by zero")
         raise NonFiniteLossError(
             f"run {run} (seed {seed}): loss term '{names[term]}' is {values[step, term].item()} at epoch {epoch}, "
             f"step {step + 1} of {len(values)}. Training stopped; no weights or metrics were written for this run "
-            "(lower train.lr, or check the method's loss for a division by zero).")
+            f"({advice}).")
 
 
 def check_divergence(run: str, seed: int, epoch: int, names: list[str], values: torch.Tensor, first_loss: float,
