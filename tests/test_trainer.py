@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from benchmark.cli import MissingOutputError
 from benchmark.config import ConfigError, RunSpec
@@ -200,3 +201,24 @@ def test_a_non_finite_loss_advises_by_where_it_happened(epoch, step, advice):
     with pytest.raises(NonFiniteLossError) as error:
         check_finite("r", 0, epoch, ["a", "b"], values)
     assert advice in str(error.value)
+
+
+def test_the_code_fingerprint_does_not_depend_on_what_the_process_imported(tiny_prepared):
+    """A study (one process that also imports the evaluation and reporting code) and the train stage fingerprinted
+    different sets of loaded modules, so neither resumed the other's checkpoints."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    params, prepared = tiny_prepared
+    script = ("import sys, json\n{extra}from benchmark.config import load_params, run_spec\n"
+              "from benchmark.training.train import run_fingerprint\n"
+              "params = load_params(sys.argv[1]); spec = run_spec(params, 'strong_only_10')\n"
+              "print(run_fingerprint(spec, params, sys.argv[2])['code'])\n")
+    params_file = prepared.parent / "fingerprint_params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    codes = {subprocess.run([sys.executable, "-c", script.format(extra=extra), str(params_file), str(prepared)],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+             for extra in ("", "import benchmark.reporting.report, benchmark.tools.study\n")}
+    assert len(codes) == 1

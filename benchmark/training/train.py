@@ -291,6 +291,13 @@ def loaded_code(spec: RunSpec) -> dict[str, Path]:
             if name.split(".")[0] in ("benchmark", "methods") and getattr(module, "__file__", None)}
 
 
+def package_code() -> dict[str, Path]:
+    """Relative path -> file of every Python file of the `benchmark` and `methods` packages."""
+    root = Path(__file__).resolve().parents[2]
+    return {path.relative_to(root).as_posix(): path for package in ("benchmark", "methods")
+            for path in sorted((root / package).rglob("*.py")) if "__pycache__" not in path.parts}
+
+
 def changed_while_training(watched: dict[Path, str]) -> list[str]:
     """The watched files (path -> sha256 taken before training) whose content differs now, or that are gone."""
     return [str(path) for path, digest in watched.items() if not path.is_file() or file_sha256(path) != digest]
@@ -300,11 +307,12 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
     """What a checkpoint must match to be resumed: configuration, prepared data, code, torch version and the local
     encoder weights file's content.
 
-    The code is every loaded module of the `benchmark` and `methods` packages: what the run executes."""
+    The code is every file of the `benchmark` and `methods` packages, loaded or not: a fixed set, so a study
+    (one process that imports more) and the train stage fingerprint the same code the same way."""
     # where and how often checkpoints are written changes no result, so a checkpoint survives a change of either
     train_params = {key: value for key, value in params["train"].items()
                     if key not in ("checkpoint_dir", "checkpoint_every_s")}
-    code_files = loaded_code(spec)
+    code_files = package_code()
     return {
         "config": sha256_json({"model": params["model"], "train": train_params, "method": spec.method,
                               "strong_fraction": spec.strong_fraction, "options": spec.options}),
