@@ -148,6 +148,16 @@ def _own_folder(value: str) -> str:
     return value
 
 
+def _strong_share(value: Any) -> Any:
+    if value == "natural" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+        return value
+    raise PydanticCustomError("not_allowed", "not allowed")
+
+
+StrongShare = Annotated[Any, PlainValidator(_strong_share), Field(description=(
+    "a number in [0, 1] (that share of every hybrid batch is strong) or natural (the run's own strong fraction)"))]
+
+
 WEIGHTS_FOLDER = "weights"  # a dependency of the train stage (dvc.yaml): a local encoder weights file lies in it
 
 
@@ -282,7 +292,7 @@ class Train(Section):
     hflip: Flag
     vflip: Flag
     steps_per_epoch: OneOf("all_train", "method")
-    strong_share: Probability
+    strong_share: StrongShare
     structure_window: StructureWindow
     divergence_factor: Number(gt=1)
     device: Device

@@ -139,7 +139,8 @@ CONFIG_TRIALS = {  # id: (stage, edits, fragments of the one-line error)
                       ["evaluate.threshold = 2.0: must be a number in (0, 1)"]),
     "test_fraction 0": ("prepare", {"data.test_fraction": 0}, ["data.test_fraction = 0: must be a number in (0, 1)"]),
     "strong_share 1.5": ("train", {"train.strong_share": 1.5},
-                         ["train.strong_share = 1.5: must be a number in [0, 1]"]),
+                         ["train.strong_share = 1.5: must be a number in [0, 1] (that share of every hybrid batch "
+                          "is strong) or natural"]),
     "seeds [-1]": ("train", {"seeds": [-1]}, ["seeds[0] = -1: seeds must be a non-empty list of distinct integers"]),
     "device gpu": ("train", {"train.device": "gpu"}, ['train.device = "gpu": must be auto, cpu, cuda or cuda:N']),
     # issue 25: a checkpoint folder the cleanup would have taken results or the project with

@@ -155,7 +155,7 @@ BOUNDS = {
     "train.lr": ([1e-12, 1.0e6], [0, -1e-3]),
     "train.poly_power": ([0, 0.9], [-0.1]),
     "train.steps_per_epoch": (["all_train", "method"], ["all"]),
-    "train.strong_share": ([0, 1], [-0.01, 1.5]),
+    "train.strong_share": ([0, 1, 0.5, "natural"], [-0.01, 1.5, "half", True]),
     "train.structure_window": (["scaled", 3, 31], ["auto", 1, 4, 2.5, True]),
     "train.divergence_factor": ([1.01, 100], [1, 0.5]),
     "train.device": (["auto", "cpu", "cuda", "cuda:0", "cuda:12"], ["gpu", "cuda:-1", "cuda:", "CPU", "cuda:x"]),

@@ -10,7 +10,7 @@ import yaml
 
 from benchmark.cli import MissingOutputError
 from benchmark.config import ConfigError, RunSpec
-from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.sampling import BatchSampler, TrainingSet, batch_strong_share
 from benchmark.training.train import (
     NonFiniteLossError,
     check_batch_fits,
@@ -38,6 +38,19 @@ def test_hybrid_batches_keep_the_strong_share():
     for _ in range(5):
         positions, _ = sampler.next()
         assert (positions < 3).sum() == 4, "4 of 8 from the 3-image strong pool, re-sampled"
+
+
+@pytest.mark.parametrize("share, fraction, strong_per_batch", [
+    (0.5, 0.1, 4), ("natural", 0.1, 1), ("natural", 0.075, 1), ("natural", 0.5, 4), (0.05, 0.1, 1), (1.0, 0.1, 7),
+    (0.0, 0.1, 1)])
+def test_a_hybrid_batch_holds_both_kinds_at_its_share(share, fraction, strong_per_batch):
+    """`natural` is the run's strong fraction; a share that rounds to no image of a kind (0.05 x 8) trained the
+    method on the other kind alone."""
+    sampler = BatchSampler(make_set(), 8, batch_strong_share(share, fraction), uses_strong=True, uses_weak=True,
+                           seed=0)
+    for _ in range(4):
+        positions, _ = sampler.next()
+        assert (positions < 3).sum() == strong_per_batch
 
 
 def test_single_kind_methods_draw_from_their_pool_only():

@@ -50,7 +50,7 @@ from benchmark.cli import run_cli
 from benchmark.config import all_runs, load_params
 from benchmark.contract import TrainContext
 from benchmark.training.runtime import configure_determinism, configure_threads, hardware_description, pick_device
-from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.sampling import BatchSampler, TrainingSet, batch_strong_share
 from benchmark.training.train import (
     Numerics,
     compile_networks,
@@ -97,7 +97,7 @@ class MethodBench:
         self.training_set = TrainingSet(images, masks, boxes, is_strong, numerics.device,
                                         hflip=bool(train_params.get("hflip", True)),
                                         vflip=bool(train_params.get("vflip", True)))
-        share = float(train_params.get("strong_share", 0.5))
+        share = batch_strong_share(train_params.get("strong_share", 0.5), float(is_strong.mean()))
         make_sampler = lambda strong, weak, s: BatchSampler(self.training_set, batch_size, share, strong, weak, s)  # noqa: E731
         self.sampler = make_sampler(cls.uses_strong, cls.uses_weak, seed)
         self.method.on_train_start(TrainContext(

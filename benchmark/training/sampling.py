@@ -6,9 +6,10 @@ loop. All randomness (which images, which flips) comes from one CPU `torch.Gener
 seeded per run, so a seed gives the same batches on CPU and GPU.
 
 Batch composition: a method that uses both label kinds gets a fixed share of strong
-images in every batch (`train.strong_share`), the strong pool re-sampled (cycled
-through reshuffled permutations) as often as needed; a method that uses one kind
-draws all of its batch from that pool.
+images in every batch (`train.strong_share`; `natural`: the run's own strong fraction),
+at least one image of each kind, the strong pool re-sampled (cycled through reshuffled
+permutations) as often as needed; a method that uses one kind draws all of its batch
+from that pool.
 """
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ class TrainingSet:
                      extra=extra)
 
 
+def batch_strong_share(strong_share: float | str, strong_fraction: float) -> float:
+    """`train.strong_share` as a number: `natural` is the run's strong fraction (its share of the training set)."""
+    return float(strong_fraction) if strong_share == "natural" else float(strong_share)
+
+
 class BatchSampler:
     """Positions and flips of successive batches for a method's label kinds."""
 
@@ -105,8 +111,10 @@ class BatchSampler:
             raise ValueError("this run has no training images: the method's label kinds "
                              f"(strong={uses_strong}, weak={uses_weak}) match none of the training set.")
         self.batch_size = int(batch_size)
+        # both kinds in every batch of a hybrid method: a share that rounds to none of one kind would silently
+        # train it on the other kind alone
         self.n_strong = self.batch_size if len(weak) == 0 else 0 if len(strong) == 0 else \
-            int(round(strong_share * self.batch_size))
+            min(max(int(round(strong_share * self.batch_size)), 1), self.batch_size - 1)
         self.pools = (_CyclingPool(strong, self.generator), _CyclingPool(weak, self.generator))
         self.flip_enabled = torch.tensor([training_set.hflip, training_set.vflip])
         self.n_used = len(strong) + len(weak)

@@ -102,7 +102,7 @@ from benchmark.training.runtime import (
     resolve_precision,
     seed_everything,
 )
-from benchmark.training.sampling import BatchSampler, TrainingSet
+from benchmark.training.sampling import BatchSampler, TrainingSet, batch_strong_share
 from methods import SegmentationMethod, get_method
 from methods.base import OptionError
 
@@ -478,7 +478,8 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
 
     method = numerics.prepare(build_method(spec, model_params))
     training_set = training_set_for(data, spec, train_params, device)
-    batch_size, strong_share = int(train_params["batch_size"]), float(train_params["strong_share"])
+    batch_size = int(train_params["batch_size"])
+    strong_share = batch_strong_share(train_params["strong_share"], spec.strong_fraction)
     sampler = BatchSampler(training_set, batch_size, strong_share, method.uses_strong, method.uses_weak, seed=seed)
     epochs = int(train_params["epochs"])
     n_steps = steps_per_epoch(train_params["steps_per_epoch"], len(training_set), sampler.n_used, batch_size)
