@@ -187,3 +187,61 @@ def test_kendall_tau_and_its_interval_follow_the_rankings():
     noisy = {name: 0.5 + 0.3 * rng.standard_normal((3, 50)) for name in first}
     tau, low, high, _ = study_ranking.kendall_tau(first, noisy, resamples=200)
     assert low < tau < high and low < 0 < high, "no real order in the second: the interval spans 0"
+
+
+HYBRIDS = ("vanilla_hybrid_10", "strong_weak_10", "ours_10")
+
+
+@pytest.fixture()
+def pooled_study(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    methods = {run: {"run": run, "variants": {"half": {"settings": {"train": {"strong_share": 0.5}}},
+                                              "natural": {"settings": {"train": {"strong_share": "natural"}}}}}
+               for run in HYBRIDS}
+    path = write_study(tmp_path, methods, seeds=(0, 1, 2), extra_seeds=(3, 4),
+                       pooled={"reference": "half", "candidate": "natural"})
+    return load_study(path, params), params
+
+
+def pooled_results(gains_by_entry):
+    """Reference Dice 40 at every seed; the candidate 40 + the entry's gain at that seed."""
+    frames = [fake_results({"half": [40.0] * len(gains), "natural": [40.0 + g for g in gains]}, entry=entry)
+              for entry, gains in gains_by_entry.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_variant_sets_training_keys_and_the_run_it_trains_has_them(pooled_study, tmp_path):
+    study, params = pooled_study
+    natural = next(v for v in study.variants if v.entry == "ours_10" and v.name == "natural")
+    run_params, name = study_tool.variant_params(params, natural, [0], tmp_path / "ck")
+    assert run_params["train"]["strong_share"] == "natural" and name == "ours_10__natural"
+    assert params["train"]["strong_share"] == 0.5, "params.yaml itself is not changed"
+    assert configured_variant(study, params, "ours_10") == "half", "today's params.yaml configures half"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"data": {"image_size": 192}}, "a variant overrides training keys only"),
+    ({"train": {"epochs": 3}}, "train.epochs sets the schedule"),
+    ({"train": {"strong_share": 2}}, "train.strong_share = 2: must be a number in")])
+def test_a_variant_setting_outside_its_bounds_is_refused(tmp_path, settings, message):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    path = write_study(tmp_path, {"ours": {"run": "ours_10", "variants": {"a": {}, "b": {"settings": settings}}}})
+    with pytest.raises(ConfigError, match=message):
+        load_study(path, params)
+
+
+def test_one_pooled_decision_serves_every_entry(pooled_study):
+    study, _ = pooled_study
+    # each entry alone: +1.0 ± 1.0 SE (keep); pooled per seed the noise averages out: +1.0 ± 0.0 -> replace
+    results = pooled_results({"vanilla_hybrid_10": [0.0, 2.0, 1.0], "strong_weak_10": [2.0, 0.0, 1.0],
+                              "ours_10": [1.0, 1.0, 1.0]})
+    for entry in HYBRIDS:
+        chosen, why = decide(study, results, entry, "default")
+        assert chosen == "natural" and why.startswith("pooled over 3 entries: natural beats the reference half")
+    # pooled +1.33 ± 1.01 SE, between 1 and 2 SE: every entry trains the extra seeds, none decides yet
+    results = pooled_results({"vanilla_hybrid_10": [3.0, -0.5, 1.5], "strong_weak_10": [3.0, -0.5, 1.5],
+                              "ours_10": [3.0, -0.5, 1.5]})
+    assert all(study_tool.extended(study, results, e, "default") == {"half", "natural"} for e in HYBRIDS)
+    assert all(decide(study, results, e, "default")[0] is None for e in HYBRIDS)
+    text = "\n".join(study_tool.pooled_lines(study, results))
+    assert "seed 0: +3.00, seed 1: -0.50, seed 2: +1.50" in text and "**Choice:** -" in text

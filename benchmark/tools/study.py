@@ -3,8 +3,9 @@
     python -m benchmark study studies/<name>/study.yaml [--methods ours dcr] [--report-only] [--allow-dirty]
 
 A study file lists entries (`methods:`), each a configured run of params.yaml with one or more *variants*
-(option sets over the run's own; the first is the reference, the reading closest to the method's source,
-quoted in the entry's `source:`), the seeds, the fresh held-out images and the tuning rule
+(option sets over the run's own, and optional `settings:`, params.yaml `train` overrides of that variant alone;
+the first is the reference, the reading closest to the method's source, quoted in the entry's `source:`), the
+seeds, the fresh held-out images and the tuning rule
 (benchmark/tools/study_rule.py), all written before any run. Optional `settings:` are params.yaml
 overrides for every training (e.g. `train.precision: fp32`, so machines with and without bf16 give one
 protocol), and optional `conditions:` name sets of overrides (e.g. `data.image_size`) under which every
@@ -18,7 +19,9 @@ evaluate stage's threshold and S-measure. The test split is never read. Then it 
 entry and condition (training the extra seeds where the rule asks for them), and writes `report.md` and
 `results.csv` beside the study file. With `ranking:` it also ranks the entries per condition, gives
 Kendall's tau between two conditions' rankings and the paper's Table-1 claims per condition
-(benchmark/tools/study_ranking.py).
+(benchmark/tools/study_ranking.py). With `pooled: {reference: a, candidate: b}` one decision serves every entry
+that has both variants (e.g. a setting all hybrid methods share): the rule judges, per seed, the candidate's
+gain averaged over those entries, and the extra seeds, when it asks for them, train for every one of them.
 
 One protocol: every training of a study must come from one commit with a clean tree (benchmark/,
 methods/ and the configuration, as the trainer's provenance records them). The command refuses to
@@ -42,7 +45,7 @@ import copy
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,7 @@ class Variant:
     options: dict[str, Any]
     ineligible: str | None  # why it cannot be chosen (None: eligible)
     conditions: tuple[str, ...]  # the conditions it trains under
+    settings: dict[str, Any] = field(default_factory=dict)  # params.yaml `train` overrides of this variant
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Study:
     variants: tuple[Variant, ...]
     sources: dict[str, str]  # entry -> the source's words its reference reading follows
     ranking_reference: str | None  # the entry every other is compared with per condition (`ranking:`)
+    pooled: tuple[str, str] | None = None  # (reference, candidate) variants decided once for every entry
 
     @property
     def folder(self) -> Path:
@@ -160,15 +165,42 @@ def load_study(path: str | Path, params: dict[str, Any]) -> Study:
             if unknown:
                 raise ConfigError(f"{path}: methods.{entry}.variants.{name}.conditions: {unknown[0]!r} is not one of "
                                   f"{', '.join(conditions)}.")
-            variants.append(Variant(entry, name, run, options, variant.get("ineligible"), where))
+            overrides = variant_settings(variant.get("settings"), f"{path}: methods.{entry}.variants.{name}.settings")
+            for condition in where:  # a setting must give a valid params.yaml wherever the variant trains
+                condition_params(params, settings, deep_merged(conditions[condition] or {}, overrides),
+                                 f"{path}: methods.{entry}.variants.{name} under conditions.{condition}")
+            variants.append(Variant(entry, name, run, options, variant.get("ineligible"), where, overrides))
     ranking = (raw.get("ranking") or {}).get("reference")
     if ranking is not None and ranking not in raw["methods"]:
         raise ConfigError(f"{path}: ranking.reference {ranking!r} is not an entry of methods.")
+    pooled = None
+    if raw.get("pooled"):
+        pooled = (str(raw["pooled"].get("reference")), str(raw["pooled"].get("candidate")))
+        if not any({v.name for v in variants if v.entry == e} >= set(pooled) for e in raw["methods"]):
+            raise ConfigError(f"{path}: pooled: no entry has both variants {pooled[0]!r} and {pooled[1]!r}.")
     heldout = raw["heldout"]
     return Study(path, Rule.from_study(raw["rule"], str(path)), tuple(int(s) for s in raw["seeds"]),
                  tuple(int(s) for s in raw.get("extra_seeds") or ()), tuple(int(s) for s in heldout["generator_seeds"]),
                  int(heldout["count"]), settings, {k: v or {} for k, v in conditions.items()}, tuple(variants),
-                 sources, ranking)
+                 sources, ranking, pooled)
+
+
+SCHEDULE_KEYS = ("epochs", "batch_size", "steps_per_epoch")  # a variant that changed one would race another schedule
+
+
+def variant_settings(raw: Any, source: str) -> dict[str, Any]:
+    """A variant's own params.yaml overrides: `train` keys only, and none that sets the schedule (data and the
+    schedule are a condition's, shared by every variant it trains)."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict) or set(raw) != {"train"} or not isinstance(raw["train"], dict):
+        raise ConfigError(f"{source}: must be {{train: {{key: value}}}}: a variant overrides training keys only "
+                          "(data and other sections belong to the study's conditions).")
+    fixed = sorted(set(raw["train"]) & set(SCHEDULE_KEYS))
+    if fixed:
+        raise ConfigError(f"{source}: train.{fixed[0]} sets the schedule, which every variant of a condition shares; "
+                          "vary it as a condition.")
+    return {"train": dict(raw["train"])}
 
 
 def condition_params(params: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any],
@@ -184,7 +216,7 @@ def params_for(study: Study, params: dict[str, Any], condition: str) -> dict[str
 
 def variant_params(params: dict[str, Any], variant: Variant, seeds: list[int], checkpoints: Path) -> tuple[dict, str]:
     """params.yaml with one run: the variant's options over its run's own, the given seeds; and that run's name."""
-    params = copy.deepcopy(params)
+    params = deep_merged(params, variant.settings)
     entry = dict(params["runs"][variant.run])
     entry["options"] = {**(entry.get("options") or {}), **variant.options}
     entry["seeds"] = list(seeds)
@@ -364,8 +396,35 @@ def verdicts(study: Study, results: pd.DataFrame, entry: str, condition: str) ->
     return found
 
 
+def pooled_entries(study: Study, condition: str) -> list[str]:
+    """The entries the pooled decision covers in a condition: those with both of its variants."""
+    if study.pooled is None:
+        return []
+    return [e for e in study.entries() if {v.name for v in study.variants_of(e, condition)} >= set(study.pooled)]
+
+
+def pooled_gains(study: Study, results: pd.DataFrame, condition: str) -> pd.Series:
+    """Per seed that every pooled entry has: the candidate's held-out gain over the reference, averaged over them."""
+    reference, candidate = study.pooled or ("", "")
+    frame = results[results["condition"] == condition]
+    gains = []
+    for entry in pooled_entries(study, condition):
+        rows = frame[frame["entry"] == entry]
+        dice = {name: rows[rows["variant"] == name].set_index("seed")["dice"] for name in (reference, candidate)}
+        gains.append((dice[candidate] - dice[reference]).rename(entry))
+    return pd.concat(gains, axis=1).dropna().mean(axis=1) if gains else pd.Series(dtype=float)
+
+
+def pooled_verdict(study: Study, results: pd.DataFrame, condition: str) -> Verdict:
+    return judge(pooled_gains(study, results, condition).tolist(), study.rule, len(study.seeds),
+                 len(study.extra_seeds))
+
+
 def extended(study: Study, results: pd.DataFrame, entry: str, condition: str) -> set[str]:
     """Variants (and the reference) that train the extra seeds: the rule found a gain between its bounds."""
+    if entry in pooled_entries(study, condition):  # one decision: every pooled entry trains the extra seeds alike
+        verdict = pooled_verdict(study, results, condition)
+        return set(study.pooled or ()) if verdict.state == EXTEND or verdict.seeds > len(study.seeds) else set()
     between = {name for name, v in verdicts(study, results, entry, condition).items() if v.state == EXTEND
                or v.seeds > len(study.seeds)}
     return between | ({reference_of(study, entry, condition)} if between else set())
@@ -373,18 +432,40 @@ def extended(study: Study, results: pd.DataFrame, entry: str, condition: str) ->
 
 def decide(study: Study, results: pd.DataFrame, entry: str, condition: str) -> tuple[str | None, str]:
     """(chosen variant, why) by the study's rule; None until decided."""
+    if entry in pooled_entries(study, condition):
+        reference, candidate = study.pooled or ("", "")
+        chosen, why = choose(reference, {candidate: pooled_verdict(study, results, condition)})
+        return chosen, f"pooled over {len(pooled_entries(study, condition))} entries: {why}"
     reference = reference_of(study, entry, condition)
     if reference is None:
         return None, "no eligible variant"
     return choose(reference, verdicts(study, results, entry, condition))
 
 
+def pooled_lines(study: Study, results: pd.DataFrame) -> list[str]:
+    """The one decision the pooled variants get, per condition, with the per-seed gains it rests on."""
+    reference, candidate = study.pooled or ("", "")
+    lines = [f"## Pooled decision: {candidate} against {reference}", "",
+             f"One choice for every entry that has both variants: per seed, {candidate}'s held-out Dice gain over "
+             f"{reference}, averaged over those entries, judged by the rule. The entries' own verdicts below are "
+             "evidence, not the decision.", ""]
+    for condition in study.conditions:
+        gains = pooled_gains(study, results, condition)
+        chosen, why = choose(reference, {candidate: pooled_verdict(study, results, condition)})
+        label = f"{condition}: " if study.named_conditions else ""
+        per_seed = ", ".join(f"seed {seed}: {gain:+.2f}" for seed, gain in gains.items()) or "none yet"
+        lines.append(f"- {label}{len(pooled_entries(study, condition))} entries; pooled gain per seed: {per_seed}. "
+                     f"**Choice:** {chosen or '-'} ({why}).")
+    return lines + [""]
+
+
 def configured_variant(study: Study, params: dict[str, Any], entry: str) -> str | None:
-    """The variant whose options params.yaml's run (with the method's defaults) currently has, if any."""
+    """The variant whose options (over the method's defaults) and settings params.yaml's run currently has, if any."""
     variants = [v for v in study.variants if v.entry == entry]
     current = build_method(run_spec(params, variants[0].run), params["model"]).options
     for v in variants:
-        if all(current.get(key) == value for key, value in v.options.items()):
+        if all(current.get(key) == value for key, value in v.options.items()) and \
+                all(params["train"].get(key) == value for key, value in v.settings.get("train", {}).items()):
             return v.name
     return None
 
@@ -429,7 +510,8 @@ def tuning_lines(study: Study, params: dict[str, Any], results: pd.DataFrame, en
     judged = verdicts(study, results, entry, condition)
     for v in variants:
         rows = frame[frame["variant"] == v.name].set_index("seed").sort_index()
-        options = ", ".join(f"{k}: {val}" for k, val in v.options.items())
+        options = ", ".join([f"{k}: {val}" for k, val in v.options.items()]
+                            + [f"train.{k}: {val}" for k, val in v.settings.get("train", {}).items()])
         name = v.name + (" (reference)" if v.name == reference else "") + (" (ineligible)" if v.ineligible else "")
         if rows.empty:
             lines.append(f"| {name} | {options} | 0 | - | - | - | - |")
@@ -545,6 +627,8 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              protocol_line(study, results, params), ""]
     if study.ranking_reference is not None:
         lines += ranking_lines(study, params)
+    if study.pooled is not None:
+        lines += pooled_lines(study, results)
     for condition in study.conditions:
         for entry in study.entries():
             if len(study.variants_of(entry, condition)) > 1:
