@@ -81,7 +81,7 @@ def tiny_data(tiny_prepared):
 def make_pipeline_copy(work: Path, params: dict | None = None) -> Path:
     """The pipeline's code, dvc.yaml and a (tiny by default) params.yaml in `work`, committed to a new git repo."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("benchmark", "methods", "measurements"):
+    for folder in ("benchmark", "methods", "measurements", "weights"):
         shutil.copytree(REPO / folder, work / folder, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore", "requirements.lock"):
         shutil.copy(REPO / name, work / name)
