@@ -175,6 +175,14 @@ def test_the_protocol_line_fails_on_two_commits_or_a_dirty_tree(three_variant_st
     assert "uncommitted changes" in study_tool.protocol_line(study, dirty, params)
 
 
+def test_the_ranking_reads_in_percent_as_its_table_says():
+    """The scale report's first row read "0.39 ± 0.01" under a header of Dice in %."""
+    matrices = {"a": np.array([[0.38, 0.40], [0.40, 0.42]]), "b": np.array([[0.50, 0.50], [0.50, 0.50]])}
+    (first, mean_b, _, _), (second, mean_a, std_a, n) = study_ranking.ranking(matrices)
+    assert (first, second, n) == ("b", "a", 2)
+    assert mean_b == pytest.approx(50.0) and mean_a == pytest.approx(40.0) and std_a == pytest.approx(np.sqrt(2))
+
+
 def test_kendall_tau_and_its_interval_follow_the_rankings():
     rng = np.random.default_rng(0)
     first = {f"e{k}": 0.1 * k + 0.01 * rng.standard_normal((3, 50)) for k in range(5)}

@@ -34,10 +34,11 @@ class Entry:
 
 
 def ranking(matrices: dict[str, np.ndarray]) -> list[tuple[str, float, float, int]]:
-    """(entry, mean Dice, std over seeds, seeds), best first; a seed's Dice is its mean over the images."""
+    """(entry, mean Dice %, std over seeds, seeds), best first; a seed's Dice is its mean over the images (the
+    matrices hold per-image Dice in 0..1, as the score files do)."""
     rows = []
     for name, matrix in matrices.items():
-        mean, std, n = mean_std(matrix.mean(axis=1))
+        mean, std, n = mean_std(100 * matrix.mean(axis=1))
         rows.append((name, mean, std, n))
     return sorted(rows, key=lambda row: -row[1])
 
