@@ -60,10 +60,14 @@ def written(path: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise UnwritableOutputError(f"{path}: could not be written ({error.strerror or error}); nothing was "
-                                        "left half-written. Make room or make the folder writable, then run the "
-                                        "stage again.") from None
+            raise unwritable(path, error) from None
         raise
+
+
+def unwritable(path: str | Path, error: OSError) -> UnwritableOutputError:
+    """The one-line error for an output that could not be written, its temporary already gone."""
+    return UnwritableOutputError(f"{path}: could not be written ({error.strerror or error}); nothing was left "
+                                 "half-written. Make room or make the folder writable, then run the stage again.")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.config import load_params
-from benchmark.reporting.claims import compare, needs_text, pairing_lines, resolving_lines, seed_pairings
+from benchmark.reporting.claims import (
+    compare,
+    needs_text,
+    pairing_lines,
+    resolving_lines,
+    seed_pairings,
+    seed_tables,
+)
 from benchmark.reporting.results import RunResult
 
 params = load_params("params.yaml")
@@ -19,9 +26,10 @@ for name, entry in params["runs"].items():
     r.label = f"{r.row} {r.strong:g}%"
     results.append(r)
 frames = {r.name: pd.read_csv(f"runs/{r.name}/per_image.csv", dtype={"image_id": str}) for r in results}
-pair = seed_pairings(results, frames, "dice", Path("runs"))
+tables = seed_tables(results, frames, "dice", Path("runs"))
+pair = seed_pairings(tables)
 ref = next(r for r in results if r.name == "ours_10")
-comps = compare(ref, results, frames, "dice", 10000, Path("runs"), pair)
+comps = compare(ref, results, tables, 10000, pair)
 fam = [c for c in comps if c.judged]
 print("\n".join(resolving_lines(fam) + pairing_lines(pair)))
 for c in fam:

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from benchmark.artifacts import file_sha256, sha256_json
-from benchmark.cli import DamagedOutputError, MissingOutputError, UnwritableOutputError
+from benchmark.artifacts import file_sha256, sha256_json, unwritable
+from benchmark.cli import DamagedOutputError, MissingOutputError
 from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
 
@@ -208,9 +208,7 @@ def write_prepared(out_dir: str | Path, domains: dict[str, DomainArrays], *, spl
     except BaseException as error:  # a full disk or an error leaves no half-written folder of tens of MB behind
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if isinstance(error, OSError):
-            raise UnwritableOutputError(f"{out_dir}: could not be written ({error.strerror or error}); nothing was "
-                                        "left half-written. Make room or make the folder writable, then run "
-                                        "prepare again.") from None
+            raise unwritable(out_dir, error) from None
         raise
     return manifest
 

@@ -67,34 +67,29 @@ class Comparison:
         return self.power is not None and self.power >= TARGET_POWER
 
 
-def seed_tables(results: list[RunResult], frames: dict[str, pd.DataFrame], column: str, dataset: str,
-                runs_dir: Path) -> dict[str, pd.DataFrame]:
-    """(seeds x images) table of every run on one test set, as fractions (0..1)."""
-    return {r.name: seed_by_image(frames[r.name], dataset, column, str(runs_dir / r.name)) for r in results}
+def seed_tables(results: list[RunResult], frames: dict[str, pd.DataFrame], column: str,
+                runs_dir: Path) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per test set, the (seeds x images) table of every run's `column`, as fractions (0..1)."""
+    return {dataset: {r.name: seed_by_image(frames[r.name], dataset, column, str(runs_dir / r.name)) for r in results}
+            for dataset in DATASETS}
 
 
-def seed_pairings(results: list[RunResult], frames: dict[str, pd.DataFrame], column: str,
-                  runs_dir: Path) -> dict[str, SeedPairing]:
+def seed_pairings(tables: dict[str, dict[str, pd.DataFrame]]) -> dict[str, SeedPairing]:
     """Per test set: do the runs' same seeds give correlated results (benchmark.evaluation.resolving_power)?"""
-    pairings = {}
-    for dataset in DATASETS:
-        tables = seed_tables(results, frames, column, dataset, runs_dir)
-        pairings[dataset] = seed_pairing({name: table.mean(axis=1).to_dict() for name, table in tables.items()
-                                          if table.shape[1]})
-    return pairings
+    return {dataset: seed_pairing({name: table.mean(axis=1).to_dict() for name, table in by_run.items()
+                                   if table.shape[1]})
+            for dataset, by_run in tables.items()}
 
 
-def compare(reference: RunResult, results: list[RunResult], frames: dict[str, pd.DataFrame], column: str,
-            n_resamples: int = DEFAULT_RESAMPLES, runs_dir: Path = Path("runs"),
-            pairings: dict[str, SeedPairing] | None = None) -> list[Comparison]:
-    """Reference minus every other run on both test sets, per image (`column`, the selected protocol's Dice):
-    two-stage bootstrap 95% CI and p (seeds and images resampled; the seeds drawn jointly for both runs where
-    `pairings` finds the seed index shared on that test set), Wilcoxon on the seed-averaged values, the claim
-    verdict (not judged with fewer than two seeds in either run), what the comparison could resolve, and Holm
-    across the claims."""
+def compare(reference: RunResult, results: list[RunResult], tables: dict[str, dict[str, pd.DataFrame]],
+            n_resamples: int = DEFAULT_RESAMPLES, pairings: dict[str, SeedPairing] | None = None) -> list[Comparison]:
+    """Reference minus every other run on both test sets, per image (`tables`: `seed_tables` of the selected
+    protocol's Dice): two-stage bootstrap 95% CI and p (seeds and images resampled; the seeds drawn jointly for
+    both runs where `pairings` finds the seed index shared on that test set), Wilcoxon on the seed-averaged
+    values, the claim verdict (not judged with fewer than two seeds in either run), what the comparison could
+    resolve, and Holm across the claims."""
     pairings = pairings or {}
     paper_reference = paper_row(reference.row, reference.strong)
-    tables = {dataset: seed_tables(results, frames, column, dataset, runs_dir) for dataset in DATASETS}
     comparisons = []
     for other in results:
         if other is reference:

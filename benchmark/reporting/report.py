@@ -42,7 +42,14 @@ from benchmark.config import load_params
 from benchmark.data.prepared import PreparedData, load_prepared
 from benchmark.evaluation.statistics import mean_std
 from benchmark.reporting import figures
-from benchmark.reporting.claims import Comparison, claims_lines, compare, comparisons_markdown, seed_pairings
+from benchmark.reporting.claims import (
+    Comparison,
+    claims_lines,
+    compare,
+    comparisons_markdown,
+    seed_pairings,
+    seed_tables,
+)
 from benchmark.reporting.paper_results import STRONG_ONLY, TABLES
 from benchmark.reporting.results import (
     DATASETS,
@@ -188,9 +195,9 @@ def render(params: dict[str, Any], results: list[RunResult], prepare_report: dic
     frames = {result.name: per_image_scores(runs_dir, result, columns) for result in results}
     reference = next((r for r in results if r.row == reference_key[0] and np.isclose(r.strong, reference_key[1])),
                      None)
-    pairings = seed_pairings(results, frames, selected.dice, runs_dir)
-    comparisons = compare(reference, results, frames, selected.dice, n_resamples, runs_dir, pairings) \
-        if reference is not None else []
+    tables = seed_tables(results, frames, selected.dice, runs_dir)
+    pairings = seed_pairings(tables)
+    comparisons = compare(reference, results, tables, n_resamples, pairings) if reference is not None else []
 
     spread = ("One seed per run: single values, no spread." if all(len(result.seeds) == 1 for result in results)
               else "Cells: mean ± std over seeds (n = number of seeds).")
