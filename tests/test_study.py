@@ -253,3 +253,17 @@ def test_one_pooled_decision_serves_every_entry(pooled_study):
     assert all(decide(study, results, e, "default")[0] is None for e in HYBRIDS)
     text = "\n".join(study_tool.pooled_lines(study, results))
     assert "seed 0: +3.00, seed 1: -0.50, seed 2: +1.50" in text and "**Choice:** -" in text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*/study.yaml")), ids=lambda p: p.parent.name)
+def test_every_study_file_loads_under_the_rule_and_its_variants_decide_the_same_options(path):
+    """Every study of the repository states the rule (no looser), loads against today's params.yaml, and the
+    variants of one entry set the same option keys: a key one variant leaves out would take the method's default
+    of the day, so the reading it races could change under it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    study = load_study(path, params)
+    rule = (study.rule.replace_se, study.rule.min_gain, study.rule.extend_se)
+    assert all(value >= floor for value, floor in zip(rule, (2.0, 0.5, 1.0))), f"{path}: rule {rule} is looser"
+    for entry in study.entries():
+        keys = {tuple(sorted(v.options)) for v in study.variants if v.entry == entry}
+        assert len(keys) == 1, f"{path}: the variants of {entry} set different options: {keys}"
