@@ -267,3 +267,38 @@ def test_every_study_file_loads_under_the_rule_and_its_variants_decide_the_same_
     for entry in study.entries():
         keys = {tuple(sorted(v.options)) for v in study.variants if v.entry == entry}
         assert len(keys) == 1, f"{path}: the variants of {entry} set different options: {keys}"
+
+
+def write_fake_scores(study, condition, entry, variant, per_seed_dice, n_images=20, commit="a" * 40):
+    for seed, value in enumerate(per_seed_dice):
+        path = study.scores_path(condition, next(v for v in study.variants if v.entry == entry and v.name == variant),
+                                 seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"generator_seed": 8, "image": range(n_images), "dice": value / 100 + 0.001 * (np.arange(n_images) - (n_images - 1) / 2),
+                      "smeasure": 0.5, "epochs": 12, "image_size": 96, "precision": "fp32", "threads": 1,
+                      "git_commit": commit, "git_dirty": False}).to_csv(path, index=False)
+
+
+def test_the_ranking_races_the_reading_the_rule_chose_in_each_condition(tmp_path):
+    """Where a study races two readings of an entry in one condition (the scale study's literal and adapted Ours
+    at 192 px), that condition's ranking and claims use the rule's choice, not the configured reading."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    methods = {"strong_only_100": {"run": "strong_only_100", "variants": {"configured": {}}},
+               "strong_only_10": {"run": "strong_only_10", "variants": {"configured": {}}},
+               "ours_10": {"run": "ours_10", "variants": {
+                   "literal": {"options": {"fd_levels": "deepest", "prompt_levels": "fd"}, "conditions": ["big"]},
+                   "adapted": {"options": {"fd_levels": "deepest", "prompt_levels": "all"}}}}}
+    study = load_study(write_study(tmp_path, methods, seeds=(0, 1, 2), conditions={"small": {}, "big": {}},
+                                   ranking={"reference": "ours_10"}), params)
+    for condition in ("small", "big"):
+        write_fake_scores(study, condition, "strong_only_100", "configured", [50, 51, 52])
+        write_fake_scores(study, condition, "strong_only_10", "configured", [30, 31, 32])
+        write_fake_scores(study, condition, "ours_10", "adapted", [40, 41, 42])
+    write_fake_scores(study, "big", "ours_10", "literal", [60, 62, 61])  # +20 on every seed: the rule replaces
+    report = render_report(study, params, collect(study))
+    ours = next(line for line in report.splitlines() if line.startswith("| Ours 10% |"))
+    small, big = ours.split("|")[2:4]
+    assert "41.00" in small and "(#2)" in small and "literal" not in small
+    assert "61.00" in big and "(#1) literal" in big
+    strong = next(line for line in report.splitlines() if line.startswith("| Strong-Only 100% |") and "[" in line)
+    assert "+10.00" in strong.split("|")[4], "the big condition's claim compares the chosen reading"

@@ -542,25 +542,40 @@ def image_matrix(study: Study, condition: str, variant: Variant) -> np.ndarray |
                      for seed in study.seeds])
 
 
-def ranking_lines(study: Study, params: dict[str, Any]) -> list[str]:
-    """Per condition the ranking of the configured readings, Kendall's tau between conditions, the claims."""
+def ranked_variant(study: Study, results: pd.DataFrame, entry: str, condition: str, configured: str | None) -> str | None:
+    """The reading an entry races in a condition: where it trains several, the one the rule chose there (the
+    configured one until the rule has decided); otherwise its only one."""
+    here = [v.name for v in study.variants_of(entry, condition)]
+    if len(here) > 1:
+        chosen, _why = decide(study, results, entry, condition)
+        if chosen is not None:
+            return chosen
+    return configured if configured in here else (here[0] if len(here) == 1 else None)
+
+
+def ranking_lines(study: Study, params: dict[str, Any], results: pd.DataFrame) -> list[str]:
+    """Per condition the ranking of each entry's reading there, Kendall's tau between conditions, the claims."""
     entries = {}
     for name in study.entries():
         spec = run_spec(params, next(v.run for v in study.variants if v.entry == name))
         entries[name] = study_ranking.Entry(name, spec.row, round(100 * spec.strong_fraction, 2))
-    ranked = {entry: configured_variant(study, params, entry) for entry in study.entries()}  # builds each method once
+    configured = {entry: configured_variant(study, params, entry) for entry in study.entries()}  # builds each once
     matrices: dict[str, dict[str, np.ndarray]] = {}
+    readings: dict[str, dict[str, str]] = {}  # condition -> entry -> the reading ranked there
     for condition in study.conditions:
-        matrices[condition] = {}
+        matrices[condition], readings[condition] = {}, {}
         for entry in study.entries():
-            variant = next((v for v in study.variants_of(entry, condition) if v.name == ranked[entry]), None)
+            name = ranked_variant(study, results, entry, condition, configured[entry])
+            variant = next((v for v in study.variants_of(entry, condition) if v.name == name), None)
             matrix = image_matrix(study, condition, variant) if variant is not None else None
             if matrix is not None:
                 matrices[condition][entry] = matrix
+                readings[condition][entry] = name
     names = list(study.conditions)
     lines = ["## Ranking per condition", "",
-             "Each entry's configured reading (its params.yaml options), held-out Dice (%) over the study's seeds "
-             "(mean ± std; a seed's Dice is its mean over every fresh image); rank in brackets.", "",
+             "Each entry's reading in that condition: its configured one (params.yaml), or, where the study races "
+             "several readings of it there, the one the rule chose (named in the cell); held-out Dice (%) over the "
+             "study's seeds (mean ± std; a seed's Dice is its mean over every fresh image); rank in brackets.", "",
              "| entry | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     # entry -> (rank, mean, std) per condition, from the one ranking of each condition
     placed = {c: {name: (k + 1, mean, std) for k, (name, mean, std, _n) in enumerate(study_ranking.ranking(m))}
@@ -570,7 +585,9 @@ def ranking_lines(study: Study, params: dict[str, Any]) -> list[str]:
         for condition in names:
             if entry in placed[condition]:
                 rank, mean, std = placed[condition][entry]
-                cells.append(f"{mean:.2f} ± {std:.2f} (#{rank})")
+                reading = readings[condition][entry]
+                named = f" {reading}" if reading != configured[entry] else ""
+                cells.append(f"{mean:.2f} ± {std:.2f} (#{rank}){named}")
             else:
                 cells.append("-")
         lines.append(f"| {entries[entry].label} | " + " | ".join(cells) + " |")
@@ -626,7 +643,7 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              "", f"**Rule** (written before the runs): {study.rule.text(len(study.seeds), len(study.extra_seeds))}", "",
              protocol_line(study, results, params), ""]
     if study.ranking_reference is not None:
-        lines += ranking_lines(study, params)
+        lines += ranking_lines(study, params, results)
     if study.pooled is not None:
         lines += pooled_lines(study, results)
     for condition in study.conditions:
