@@ -274,7 +274,8 @@ def write_fake_scores(study, condition, entry, variant, per_seed_dice, n_images=
         path = study.scores_path(condition, next(v for v in study.variants if v.entry == entry and v.name == variant),
                                  seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"generator_seed": 8, "image": range(n_images), "dice": value / 100 + 0.001 * (np.arange(n_images) - (n_images - 1) / 2),
+        spread = 0.001 * (np.arange(n_images) - (n_images - 1) / 2)  # image effects that average to zero
+        pd.DataFrame({"generator_seed": 8, "image": range(n_images), "dice": value / 100 + spread,
                       "smeasure": 0.5, "epochs": 12, "image_size": 96, "precision": "fp32", "threads": 1,
                       "git_commit": commit, "git_dirty": False}).to_csv(path, index=False)
 

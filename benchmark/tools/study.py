@@ -542,7 +542,8 @@ def image_matrix(study: Study, condition: str, variant: Variant) -> np.ndarray |
                      for seed in study.seeds])
 
 
-def ranked_variant(study: Study, results: pd.DataFrame, entry: str, condition: str, configured: str | None) -> str | None:
+def ranked_variant(study: Study, results: pd.DataFrame, entry: str, condition: str,
+                   configured: str | None) -> str | None:
     """The reading an entry races in a condition: where it trains several, the one the rule chose there (the
     configured one until the rule has decided); otherwise its only one."""
     here = [v.name for v in study.variants_of(entry, condition)]
