@@ -111,8 +111,10 @@ class Components:
 def components(reference: np.ndarray, other: np.ndarray, paired_seeds: bool = False) -> Components:
     """Estimate the components from two (seeds, images) tables of per-image values on the same images.
 
-    paired_seeds: the rows are the same seeds in both runs, resampled jointly; then the seed term is the variance of
-    the per-seed difference of means (the shared part cancels), carried on the reference's side."""
+    paired_seeds: the rows are the same seeds in both runs, resampled jointly; then the bootstrap sees one table, the
+    per-seed, per-image difference reference - other, and every component is that table's (carried on the
+    reference's side, the other's zero): whatever a seed shares across the runs, its main effect or its per-image
+    deviations, cancels in the seed term and in the residual alike."""
     tables = [np.atleast_2d(np.asarray(values, float)) for values in (reference, other)]
     n_images = tables[0].shape[1]
     if tables[1].shape[1] != n_images or n_images < 2:
@@ -122,12 +124,13 @@ def components(reference: np.ndarray, other: np.ndarray, paired_seeds: bool = Fa
     if paired_seeds:
         if len(tables[0]) != len(tables[1]):
             raise ValueError("paired seeds need the same seeds in both runs")
-        seed: tuple[float, float] = (float((tables[0].mean(axis=1) - tables[1].mean(axis=1)).var(ddof=1)), 0.0)
-    else:
-        seed = tuple(float(t.mean(axis=1).var(ddof=1)) for t in tables)  # type: ignore[assignment]
+        tables = [tables[0] - tables[1]]
+    seed = tuple(float(t.mean(axis=1).var(ddof=1)) for t in tables)
     residual = tuple(_residual_mean_square(t) for t in tables)
-    difference = tables[0].mean(axis=0) - tables[1].mean(axis=0)
+    difference = tables[0].mean(axis=0) - (tables[1].mean(axis=0) if len(tables) == 2 else 0.0)
     image = float(difference.var(ddof=1)) - sum(e / len(t) for e, t in zip(residual, tables))
+    if paired_seeds:  # the one table of differences stands on the reference's side
+        seed, residual = (seed[0], 0.0), (residual[0], 0.0)
     return Components(seed, residual, max(image, 0.0), n_images)
 
 
