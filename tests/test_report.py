@@ -299,3 +299,17 @@ def test_summary_says_what_the_run_could_resolve_and_whether_seeds_pair(rendered
     assert "*Seed pairing*" in summary and "r = +1.00" in summary and "resampled independently" in summary
     assert (out / "figures" / "claims_forest.png").stat().st_size > 0
     assert "[claims_forest.png](figures/claims_forest.png): the 4 judged claims" in text
+
+
+def test_the_median_seeds_needed_names_the_claims_it_covers():
+    """The median of the seeds the inconclusive claims need leaves out those no number of seeds resolves; the line
+    must say so, not read as the median of all of them."""
+    from benchmark.reporting.claims import INCONCLUSIVE, Comparison, resolving_lines
+
+    def claim(needed):
+        return Comparison(None, "cbis", 318, 1.0, -2.0, 4.0, 0.5, 3.0, INCONCLUSIVE, seeds_needed=needed, power=0.3)
+
+    mixed = resolving_lines([claim(4), claim(6), claim(None)])[0]
+    assert "the 2 that more seeds could resolve would need a median of 5" in mixed
+    assert "for the other 1 no number of seeds would" in mixed
+    assert "The inconclusive claims (2) would need a median of 5" in resolving_lines([claim(4), claim(6)])[0]

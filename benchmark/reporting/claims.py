@@ -241,10 +241,12 @@ def resolving_lines(family: list[Comparison]) -> list[str]:
         finite = [c.seeds_needed for c in inconclusive if c.seeds_needed is not None]
         never = len(inconclusive) - len(finite)
         if finite:
-            text += (f" The inconclusive claims ({len(inconclusive)}) would need a median of "
-                     f"{seeds_text(int(np.ceil(np.median(finite))))} training seeds per run to resolve the paper's "
-                     "difference at this test-set size" + (f" ({never} of them none: the test images' own spread is "
-                                                          "the limit there)" if never else "") + ".")
+            which = (f"Of the inconclusive claims ({len(inconclusive)}), the {len(finite)} that more seeds could "
+                     "resolve" if never else f"The inconclusive claims ({len(inconclusive)})")
+            text += (f" {which} would need a median of {seeds_text(int(np.ceil(np.median(finite))))} training seeds "
+                     "per run to resolve the paper's difference at this test-set size"
+                     + (f"; for the other {never} no number of seeds would: the test images' own spread is the "
+                        "limit there" if never else "") + ".")
         else:
             text += (f" No number of seeds would resolve the paper's difference for the inconclusive claims "
                      f"({len(inconclusive)}) at this test-set size: the test images' own spread is the limit.")
@@ -261,7 +263,8 @@ def pairing_lines(pairings: dict[str, SeedPairing]) -> list[str]:
         if pairing.pairs:
             parts.append(f"{DATASETS[dataset]} r = {pairing.correlation:+.2f} (permutation p = "
                          f"{pairing.p_value:.3g}, {pairing.pairs} pairs of runs): seeds "
-                         + ("**paired** in the claims" if pairing.used(alpha) else "resampled independently"))
+                         + ("**paired** in the claims between runs trained with the same seeds" if pairing.used(alpha)
+                            else "resampled independently"))
     return [f"  - *Seed pairing*: every method starts from the same seed's initial encoder weights and sampler "
             "stream, so seed s of two runs may share an effect. Measured as the pooled correlation of the runs' "
             "per-seed deviations from their mean over every pair of runs with the same seeds; the claims draw "
