@@ -124,14 +124,16 @@ def components(reference: np.ndarray, other: np.ndarray, paired_seeds: bool = Fa
     if paired_seeds:
         if len(tables[0]) != len(tables[1]):
             raise ValueError("paired seeds need the same seeds in both runs")
-        tables = [tables[0] - tables[1]]
+        differences = tables[0] - tables[1]
+        residual = _residual_mean_square(differences)
+        image = float(differences.mean(axis=0).var(ddof=1)) - residual / len(differences)
+        return Components((float(differences.mean(axis=1).var(ddof=1)), 0.0), (residual, 0.0), max(image, 0.0),
+                          n_images)
     seed = tuple(float(t.mean(axis=1).var(ddof=1)) for t in tables)
-    residual = tuple(_residual_mean_square(t) for t in tables)
-    difference = tables[0].mean(axis=0) - (tables[1].mean(axis=0) if len(tables) == 2 else 0.0)
-    image = float(difference.var(ddof=1)) - sum(e / len(t) for e, t in zip(residual, tables))
-    if paired_seeds:  # the one table of differences stands on the reference's side
-        seed, residual = (seed[0], 0.0), (residual[0], 0.0)
-    return Components(seed, residual, max(image, 0.0), n_images)
+    residuals = tuple(_residual_mean_square(t) for t in tables)
+    difference = tables[0].mean(axis=0) - tables[1].mean(axis=0)
+    image = float(difference.var(ddof=1)) - sum(e / len(t) for e, t in zip(residuals, tables))
+    return Components(seed, residuals, max(image, 0.0), n_images)
 
 
 def _residual_mean_square(table: np.ndarray) -> float:
