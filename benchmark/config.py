@@ -332,6 +332,7 @@ class Report(Section):
     reference_strong: Number(ge=0, le=100)
     figure_seed: Seed
     bootstrap_resamples: Integer(ge=100)
+    scale_study: Annotated[Text | None, Field(description="a study's race.json path, or null")]
 
 
 class LaunchLocal(Section):

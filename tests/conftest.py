@@ -41,6 +41,7 @@ def tiny_params(image_size: int = 32, n_cbis: int = 20, n_inbreast: int = 6, ext
     # tiny epochs last under a second: checkpoint after each, as resume tests need
     params["train"]["checkpoint_every_s"] = 0
     params["seeds"] = [0]  # one seed keeps the end-to-end tests short; tests of several seeds set their own
+    params["report"]["scale_study"] = str(REPO / params["report"]["scale_study"])  # from any working directory
     # the two Strong-Only rows are enough to exercise the pipeline; every method has its own tests
     params["runs"] = {name: run for name, run in params["runs"].items()
                       if name in ("strong_only_100", "strong_only_10")}
@@ -83,7 +84,8 @@ def make_pipeline_copy(work: Path, params: dict | None = None) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("benchmark", "methods", "measurements", "weights"):
         shutil.copytree(REPO / folder, work / folder, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore", "requirements.lock"):
+    for name in ("dvc.yaml", ".dvcignore", "requirements.lock", "studies/scale/race.json"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, work / name)
     (work / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", work / ".dvc" / "config")

@@ -313,3 +313,21 @@ def test_the_median_seeds_needed_names_the_claims_it_covers():
     assert "the 2 that more seeds could resolve would need a median of 5" in mixed
     assert "for the other 1 no number of seeds would" in mixed
     assert "The inconclusive claims (2) would need a median of 5" in resolving_lines([claim(4), claim(6)])[0]
+
+
+def test_the_summary_quotes_the_scale_study_or_names_a_missing_one(rendered, tiny_prepared, tmp_path):
+    text, _, (params_path, runs_dir, prepared) = rendered
+    summary = text.split("## Summary", 1)[1].split("## Table 1", 1)[0]
+    scale = line_starting(summary, "- **Scale** ([studies/scale](../studies/scale/report.md)")
+    assert "*96px*: Strong-Only 100% 44.6 > " in scale, "the committed study's measured ranking"
+    assert "This report's runs are at 32 px, a size the study did not race." in scale
+    params = yaml.safe_load(params_path.read_text())
+    params["report"]["scale_study"] = str(tmp_path / "absent.json")
+    moved = tmp_path / "params.yaml"
+    moved.write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"report: params.yaml report.scale_study = .*absent.json: no such file"):
+        render(moved, runs_dir, prepared, tmp_path / "out")
+    assert not (tmp_path / "out" / "tables.md").exists()
+    params["report"]["scale_study"] = None
+    moved.write_text(yaml.safe_dump(params))
+    assert "**Scale**" not in render(moved, runs_dir, prepared, tmp_path / "none")

@@ -180,6 +180,7 @@ BOUNDS = {
     "report.reference_strong": ([0, 100], [-1, 101]),
     "report.figure_seed": ([0], [-1]),
     "report.bootstrap_resamples": ([100, 10000], [99, 0]),
+    "report.scale_study": ([None, "studies/scale/race.json"], ["", 3]),
     "launch.executor": (["local", "slurm"], ["pbs", ""]),
     "launch.logs": (["logs/launch"], [""]),
     "launch.max_requeues": ([0, 3], [-1]),

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from benchmark.config import ConfigError
+from benchmark.reporting.scale_evidence import ScaleEvidenceError, read_race, scale_line
 from benchmark.tools import study as study_tool
 from benchmark.tools import study_ranking
 from benchmark.tools.study import (
@@ -303,3 +304,57 @@ def test_the_ranking_races_the_reading_the_rule_chose_in_each_condition(tmp_path
     assert "61.00" in big and "(#1) literal" in big
     strong = next(line for line in report.splitlines() if line.startswith("| Strong-Only 100% |") and "[" in line)
     assert "+10.00" in strong.split("|")[4], "the big condition's claim compares the chosen reading"
+
+
+def test_the_race_is_written_as_data_and_the_pipeline_report_quotes_it(tmp_path):
+    """build_race gives the report's ranking, tau and claims as data (race.json); the pipeline's summary line
+    (benchmark.reporting.scale_evidence) quotes each size's ranking, tau, the claims whose verdict changes with
+    the size, and which size the report's own runs are at."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    methods = {name: {"run": name, "variants": {"configured": {}}}
+               for name in ("strong_only_100", "strong_only_10", "self_correcting_10")}
+    methods["ours_10"] = {"run": "ours_10", "variants": {"adapted": {"options": {"prompt_levels": "all"}}}}
+    study = load_study(write_study(tmp_path, methods, seeds=(0, 1, 2), ranking={"reference": "ours_10"},
+                                   conditions={"small": {"data": {"image_size": 96}},
+                                               "big": {"data": {"image_size": 192}}}), params)
+    for condition, ours in (("small", [40, 41, 42]), ("big", [56, 57, 58])):
+        write_fake_scores(study, condition, "strong_only_100", "configured", [50, 51, 52])
+        write_fake_scores(study, condition, "strong_only_10", "configured", [30, 31, 32])
+        write_fake_scores(study, condition, "self_correcting_10", "configured", [45, 46, 47])
+        write_fake_scores(study, condition, "ours_10", "adapted", ours)
+    results = collect(study)
+    race = study_tool.build_race(study, params, results)
+    assert [row["entry"] for row in race["conditions"]["small"]["ranking"]] == [
+        "strong_only_100", "self_correcting_10", "ours_10", "strong_only_10"]
+    assert race["conditions"]["big"]["ranking"][0] == {"entry": "ours_10", "reading": "adapted",
+                                                       "dice": pytest.approx(57.0), "std": pytest.approx(1.0),
+                                                       "seeds": 3}
+    assert render_report(study, params, results, race) == render_report(study, params, results)
+    line = scale_line(race, "synthetic", 96)
+    assert "*small*: Strong-Only 100% 51.0 > Self-Correcting 10% 46.0 > Ours 10% 41.0 > Strong-Only 10% 31.0" in line
+    assert "*big*: Ours 10% 57.0 > Strong-Only 100% 51.0" in line
+    assert "Kendall's tau between the sizes' rankings: 0.33 (95% interval" in line
+    assert ("2 of 3 change verdict with the size: Ours 10% vs Strong-Only 100% agrees at small / disagrees at big; "
+            "Ours 10% vs Self-Correcting 10% disagrees at small / agrees at big") in line
+    assert "This report's runs are at 96 px (small)." in line
+    assert "a size the study did not race" in scale_line(race, "synthetic", 352)
+    assert "not the real data of these runs" in scale_line(race, "real", 352)
+
+
+def test_a_missing_or_foreign_race_file_is_one_line_naming_the_key(tmp_path):
+    with pytest.raises(ScaleEvidenceError, match=r"report.scale_study = .*absent.json: no such file"):
+        read_race(tmp_path / "absent.json")
+    (tmp_path / "other.json").write_text('{"entries": {}}')
+    with pytest.raises(ScaleEvidenceError, match=r"other.json: not a study's race.json \(no conditions, tau, claims"):
+        read_race(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ScaleEvidenceError, match=r"broken.json: not a study's race.json"):
+        read_race(tmp_path / "broken.json")
+
+
+def test_the_committed_scale_race_is_the_one_dvc_and_params_name():
+    """The report stage lists the race file the summary quotes as a dep, and it is in the repository."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]["deps"]
+    assert params["report"]["scale_study"] in deps
+    assert read_race(REPO / params["report"]["scale_study"])["reference"] == "ours_10"

@@ -144,7 +144,7 @@ def protocol_lines(results: list[RunResult], frames: dict[str, pd.DataFrame], se
     return lines
 
 def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_report: dict[str, Any],
-                  claims: list[str], protocol_lines: list[str]) -> list[str]:
+                  claims: list[str], protocol_lines: list[str], scale: str | None = None) -> list[str]:
     domains = prepare_report.get("domains", {})
     source = prepare_report["source"]  # the data the runs were trained on (report.main checked params agree)
     data_line = (
@@ -169,6 +169,7 @@ def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_repo
         f"{first.get('steps_per_epoch', '?')} steps, batch {first.get('batch_size', '?')}"
         + (f", {'/'.join(precision)} precision" if precision else "")
         + ". The paper: ResNet-34, ImageNet weights, 50 epochs, 352 x 352 px.",
+        *([scale] if scale else []),
         f"- **Hardware:** {hardware}. **Total time** of the {len(results)} runs ({trainings} trainings, train + "
         f"evaluate): {minutes(total)}.",
         _seeds_line(results),

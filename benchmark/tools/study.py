@@ -19,7 +19,8 @@ evaluate stage's threshold and S-measure. The test split is never read. Then it 
 entry and condition (training the extra seeds where the rule asks for them), and writes `report.md` and
 `results.csv` beside the study file. With `ranking:` it also ranks the entries per condition, gives
 Kendall's tau between two conditions' rankings and the paper's Table-1 claims per condition
-(benchmark/tools/study_ranking.py). With `pooled: {reference: a, candidate: b}` one decision serves every entry
+(benchmark/tools/study_ranking.py), and writes the same as data to `race.json` (the pipeline's report quotes
+the scale study's, `report.scale_study`). With `pooled: {reference: a, candidate: b}` one decision serves every entry
 that has both variants (e.g. a setting all hybrid methods share): the rule judges, per seed, the candidate's
 gain averaged over those entries, and the extra seeds, when it asks for them, train for every one of them.
 
@@ -69,6 +70,7 @@ from benchmark.training.train import build_method, train_run
 from methods import available_methods
 
 DEFAULT_CONDITION = "default"  # the one condition of a study without `conditions:` (params.yaml as it is)
+RACE_FILE = "race.json"  # the ranked race as data, beside report.md; reports/tables.md quotes the scale study's
 PROTOCOL_COLUMNS = ("epochs", "image_size", "precision", "git_commit", "git_dirty")  # with every score file
 
 
@@ -554,8 +556,10 @@ def ranked_variant(study: Study, results: pd.DataFrame, entry: str, condition: s
     return configured if configured in here else (here[0] if len(here) == 1 else None)
 
 
-def ranking_lines(study: Study, params: dict[str, Any], results: pd.DataFrame) -> list[str]:
-    """Per condition the ranking of each entry's reading there, Kendall's tau between conditions, the claims."""
+def build_race(study: Study, params: dict[str, Any], results: pd.DataFrame) -> dict[str, Any]:
+    """The race across conditions as data (written beside the report as race.json, which the pipeline's report
+    quotes): per condition each entry's ranked reading with its held-out Dice, Kendall's tau between consecutive
+    conditions, and the reference entry minus every other entry per condition."""
     entries = {}
     for name in study.entries():
         spec = run_spec(params, next(v.run for v in study.variants if v.entry == name))
@@ -573,63 +577,86 @@ def ranking_lines(study: Study, params: dict[str, Any], results: pd.DataFrame) -
                 matrices[condition][entry] = matrix
                 readings[condition][entry] = name
     names = list(study.conditions)
-    lines = ["## Ranking per condition", "",
-             "Each entry's reading in that condition: its configured one (params.yaml), or, where the study races "
-             "several readings of it there, the one the rule chose (named in the cell); held-out Dice (%) over the "
-             "study's seeds (mean ± std; a seed's Dice is its mean over every fresh image); rank in brackets.", "",
-             "| entry | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    # entry -> (rank, mean, std) per condition, from the one ranking of each condition
-    placed = {c: {name: (k + 1, mean, std) for k, (name, mean, std, _n) in enumerate(study_ranking.ranking(m))}
-              for c, m in matrices.items()}
-    for entry in study.entries():
-        cells = []
-        for condition in names:
-            if entry in placed[condition]:
-                rank, mean, std = placed[condition][entry]
-                reading = readings[condition][entry]
-                named = f" {reading}" if reading != configured[entry] else ""
-                cells.append(f"{mean:.2f} ± {std:.2f} (#{rank}){named}")
-            else:
-                cells.append("-")
-        lines.append(f"| {entries[entry].label} | " + " | ".join(cells) + " |")
-    lines.append("")
+    data: dict[str, Any] = {
+        "study": study.folder.name,
+        "entries": {name: {"label": entry.label, "configured": configured[name]} for name, entry in entries.items()},
+        "conditions": {c: {"overrides": study.conditions[c], "ranking": [
+            {"entry": name, "reading": readings[c][name], "dice": mean, "std": std, "seeds": n}
+            for name, mean, std, n in study_ranking.ranking(matrices[c])]} for c in names},
+        "tau": [], "reference": study.ranking_reference, "claims": []}
     for first, second in zip(names, names[1:]):
         try:
             tau, low, high, n = study_ranking.kendall_tau(matrices[first], matrices[second])
-            lines.append(f"- **Kendall's tau** between the {first} and {second} rankings: {tau:.2f} (95% interval "
-                         f"{low:.2f} to {high:.2f}, {study_ranking.RESAMPLES} two-stage bootstrap resamples of "
-                         f"seeds and images, {n} entries).")
+            data["tau"].append({"first": first, "second": second, "tau": tau, "low": low,
+                                "high": high, "entries": n, "resamples": study_ranking.RESAMPLES})
         except ValueError as error:
-            lines.append(f"- Kendall's tau between {first} and {second}: not yet ({error}).")
+            data["tau"].append({"first": first, "second": second, "missing": str(error)})
     reference = study.ranking_reference
     if reference is not None:
-        lines += ["", f"## The paper's Table-1 claims per condition: {entries[reference].label} minus every other "
-                  "entry", "", "Held-out Dice difference (points), two-stage bootstrap 95% CI (seeds, then the shared "
-                  "fresh images); *paper*: the same difference in the paper's Table 1 (CBIS Dice); the verdict as "
-                  "in reports/tables.md.", "",
-                  "| other | paper | " + " | ".join(names) + " | changes with the condition |",
-                  "|---|---|" + "---|" * (len(names) + 1)]
         found = {c: {claim.other.name: claim for claim in
                      study_ranking.claims(entries[reference], matrices[c], entries)} for c in names}
         for entry in study.entries():
             if entry == reference or not any(entry in found[c] for c in names):
                 continue
-            cells, verdicts_seen, paper = [], set(), "-"
-            for condition in names:
-                claim = found[condition].get(entry)
-                if claim is None:
-                    cells.append("-")
-                    continue
-                paper = "-" if claim.paper is None else f"{claim.paper:+.2f}"
-                verdicts_seen.add(claim.verdict)
-                cells.append(f"{claim.mean:+.2f} [{claim.low:+.2f}, {claim.high:+.2f}] {claim.verdict or ''}".strip())
-            complete = all(entry in found[c] for c in names)
-            change = ("yes" if len(verdicts_seen) > 1 else "no") if complete else "-"
-            lines.append(f"| {entries[entry].label} | {paper} | " + " | ".join(cells) + f" | {change} |")
+            judged = {c: found[c][entry] for c in names if entry in found[c]}
+            data["claims"].append({
+                "entry": entry, "paper": next(iter(judged.values())).paper,
+                "conditions": {c: {"difference": claim.mean, "low": claim.low,
+                                   "high": claim.high, "verdict": claim.verdict}
+                               for c, claim in judged.items()}})
+    return data
+
+
+def ranking_lines(race: dict[str, Any]) -> list[str]:
+    """Per condition the ranking of each entry's reading there, Kendall's tau between conditions, the claims."""
+    names, entries = list(race["conditions"]), race["entries"]
+    lines = ["## Ranking per condition", "",
+             "Each entry's reading in that condition: its configured one (params.yaml), or, where the study races "
+             "several readings of it there, the one the rule chose (named in the cell); held-out Dice (%) over the "
+             "study's seeds (mean ± std; a seed's Dice is its mean over every fresh image); rank in brackets.", "",
+             "| entry | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    placed = {c: {row["entry"]: (k + 1, row) for k, row in enumerate(race["conditions"][c]["ranking"])}
+              for c in names}
+    for entry, described in entries.items():
+        cells = []
+        for condition in names:
+            if entry in placed[condition]:
+                rank, row = placed[condition][entry]
+                named = f" {row['reading']}" if row["reading"] != described["configured"] else ""
+                cells.append(f"{row['dice']:.2f} ± {row['std']:.2f} (#{rank}){named}")
+            else:
+                cells.append("-")
+        lines.append(f"| {described['label']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for tau in race["tau"]:
+        if "missing" in tau:
+            lines.append(f"- Kendall's tau between {tau['first']} and {tau['second']}: not yet ({tau['missing']}).")
+        else:
+            lines.append(f"- **Kendall's tau** between the {tau['first']} and {tau['second']} rankings: "
+                         f"{tau['tau']:.2f} (95% interval {tau['low']:.2f} to {tau['high']:.2f}, {tau['resamples']} "
+                         f"two-stage bootstrap resamples of seeds and images, {tau['entries']} entries).")
+    reference = race["reference"]
+    if reference is not None:
+        lines += ["", f"## The paper's Table-1 claims per condition: {entries[reference]['label']} minus every other "
+                  "entry", "", "Held-out Dice difference (points), two-stage bootstrap 95% CI (seeds, then the shared "
+                  "fresh images); *paper*: the same difference in the paper's Table 1 (CBIS Dice); the verdict as "
+                  "in reports/tables.md.", "",
+                  "| other | paper | " + " | ".join(names) + " | changes with the condition |",
+                  "|---|---|" + "---|" * (len(names) + 1)]
+        for claim in race["claims"]:
+            judged = claim["conditions"]
+            cells = [f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] {c['verdict'] or ''}".strip()
+                     if (c := judged.get(condition)) else "-" for condition in names]
+            complete = len(judged) == len(names)
+            change = ("yes" if len({c["verdict"] for c in judged.values()}) > 1 else "no") if complete else "-"
+            paper = "-" if claim["paper"] is None else f"{claim['paper']:+.2f}"
+            lines.append(f"| {entries[claim['entry']]['label']} | {paper} | " + " | ".join(cells) + f" | {change} |")
     return lines + [""]
 
 
-def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -> str:
+def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame,
+                  race: dict[str, Any] | None = None) -> str:
+    """The study's report.md; `race` is build_race's, computed here where a study ranks and none is given."""
     conditions = "; ".join(f"{name}: {json.dumps(overrides, sort_keys=True)}" for name, overrides
                            in study.conditions.items()) if study.named_conditions else "params.yaml as it is"
     lines = [f"# Study: {study.folder.name}", "",
@@ -644,7 +671,7 @@ def render_report(study: Study, params: dict[str, Any], results: pd.DataFrame) -
              "", f"**Rule** (written before the runs): {study.rule.text(len(study.seeds), len(study.extra_seeds))}", "",
              protocol_line(study, results, params), ""]
     if study.ranking_reference is not None:
-        lines += ranking_lines(study, params, results)
+        lines += ranking_lines(race if race is not None else build_race(study, params, results))
     if study.pooled is not None:
         lines += pooled_lines(study, results)
     for condition in study.conditions:
@@ -686,7 +713,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {error}")
     results = collect(study)
     atomic_write_csv(study.folder / "results.csv", results)
-    report = render_report(study, params, results)
+    race = build_race(study, params, results) if study.ranking_reference is not None else None
+    if race is not None:
+        atomic_write_text(study.folder / RACE_FILE, json.dumps(race, indent=1) + "\n")
+    report = render_report(study, params, results, race)
     atomic_write_text(study.folder / "report.md", report + "\n")
     print(report)
 
