@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 RACE_KEYS = ("entries", "conditions", "tau", "claims")
 
 
@@ -25,8 +24,9 @@ def read_race(path: Path) -> dict[str, Any]:
         if absent:
             raise ValueError(f"no {', '.join(absent)}")
     except FileNotFoundError:
-        raise ScaleEvidenceError(f"params.yaml report.scale_study = {path}: no such file (write it with `python -m "
-                                 "benchmark study <study.yaml> --report-only`, or set report.scale_study: null)") from None
+        raise ScaleEvidenceError(f"params.yaml report.scale_study = {path}: no such file (write it with "
+                                 "`python -m benchmark study <study.yaml> --report-only`, or set "
+                                 "report.scale_study: null)") from None
     except (OSError, ValueError, TypeError) as error:
         raise ScaleEvidenceError(f"params.yaml report.scale_study = {path}: not a study's race.json ({error}); "
                                  "re-write it with `python -m benchmark study <study.yaml> --report-only`") from None
