@@ -50,8 +50,8 @@ def scale_line(race: dict[str, Any], source: str, image_size: int) -> str:
                                                 ranked else ""))
     taus = [f"{tau['tau']:.2f} (95% interval {tau['low']:.2f} to {tau['high']:.2f}, {tau['entries']} rows)"
             if "missing" not in tau else "not yet" for tau in race["tau"]]
-    complete = [claim for claim in race["claims"] if len(claim["conditions"]) == len(conditions)]
-    changed = [claim for claim in complete if len({c["verdict"] for c in claim["conditions"].values()}) > 1]
+    complete = [claim for claim in race["claims"] if claim["changes"] is not None]
+    changed = [claim for claim in complete if claim["changes"]]
     reference = entries[race["reference"]]["label"] if race.get("reference") else "the reference"
     if not complete:
         claims = f"not yet judged at every size ({len(race['claims'])} claims judged at some)"

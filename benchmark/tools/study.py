@@ -603,7 +603,9 @@ def build_race(study: Study, params: dict[str, Any], results: pd.DataFrame) -> d
                 "entry": entry, "paper": next(iter(judged.values())).paper,
                 "conditions": {c: {"difference": claim.mean, "low": claim.low,
                                    "high": claim.high, "verdict": claim.verdict}
-                               for c, claim in judged.items()}})
+                               for c, claim in judged.items()},
+                "changes": (len({claim.verdict for claim in judged.values()}) > 1  # null until every condition
+                            if len(judged) == len(names) else None)})                # has judged it
     return data
 
 
@@ -647,8 +649,7 @@ def ranking_lines(race: dict[str, Any]) -> list[str]:
             judged = claim["conditions"]
             cells = [f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] {c['verdict'] or ''}".strip()
                      if (c := judged.get(condition)) else "-" for condition in names]
-            complete = len(judged) == len(names)
-            change = ("yes" if len({c["verdict"] for c in judged.values()}) > 1 else "no") if complete else "-"
+            change = {True: "yes", False: "no", None: "-"}[claim["changes"]]
             paper = "-" if claim["paper"] is None else f"{claim['paper']:+.2f}"
             lines.append(f"| {entries[claim['entry']]['label']} | {paper} | " + " | ".join(cells) + f" | {change} |")
     return lines + [""]
