@@ -75,3 +75,14 @@ def test_refuses_real_data_and_unevaluated_runs(trained, tmp_path):
     params_file.write_text(yaml.safe_dump(params))
     with pytest.raises(FileNotFoundError, match="strong_only_10 is not evaluated"):
         heldout.main(["strong_only_10", "--params", str(params_file), "--runs-dir", str(runs_dir)])
+
+
+def test_refuses_runs_trained_at_another_size_than_it_would_render(trained, tmp_path):
+    params, runs_dir, _ = trained
+    larger = copy.deepcopy(params)
+    larger["data"]["image_size"] = 64  # the models trained at 32 px: their masses would be twice as large here
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(larger))
+    with pytest.raises(ConfigError, match=r"train_info.json: the run was trained at 32 px, but params.yaml "
+                                          r"data.image_size is 64"):
+        heldout.main(["strong_only_100", "--count", "2", "--params", str(params_file), "--runs-dir", str(runs_dir)])

@@ -1,5 +1,6 @@
 """benchmark.tools.study: trains conditions x variants x seeds, scores on fresh images only, applies the rule."""
 import copy
+import re
 
 import numpy as np
 import pandas as pd
@@ -86,6 +87,22 @@ def test_a_condition_trains_on_its_own_data_and_a_variant_only_where_it_is_liste
     report = render_report(study, params, results)
     assert "## Ranking per condition" in report and "| Strong-Only 10% |" in report
     assert "## The paper's Table-1 claims per condition" in report and "not judged (one seed)" in report
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("image_size", 64, "data.image_size = [32, 32], but params.yaml has [64, 64]"),
+    ("split_seed", 1, "data.split_seed = "),
+    ("synthetic", {"mass_contrast_median": 0.3}, "data.synthetic = "),
+])
+def test_the_pipeline_data_is_reused_only_if_params_yaml_prepares_it_now(tiny_prepared, tmp_path, key, value, named):
+    params, prepared = tiny_prepared
+    study = load_study(write_study(tmp_path, {"strong_only_10": {"run": "strong_only_10", "variants": {"a": {}}}}),
+                       params)
+    assert study_tool.prepared_for(study, params, params["data"], prepared) == prepared
+    changed = copy.deepcopy(params)  # e.g. params.yaml moved to another size and `dvc repro prepare` was not run
+    changed["data"][key] = {**changed["data"][key], **value} if isinstance(value, dict) else value
+    with pytest.raises(ConfigError, match=re.escape(f"{prepared / 'prepare_report.json'}: prepared with {named}")):
+        study_tool.prepared_for(study, changed, changed["data"], prepared)
 
 
 @pytest.mark.parametrize("differences, seeds_done, state", [

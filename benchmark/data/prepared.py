@@ -294,6 +294,31 @@ def check_trained_on(info: dict[str, Any], directory: str | Path, info_path: Pat
                           f"run: dvc repro train@{info_path.parent.name}")
 
 
+def check_prepared_from(directory: str | Path, data_params: dict[str, Any]) -> None:
+    """The prepared data in `directory` must be what params.yaml's `data` (`data_params`) prepares now: a tool that
+    trains or scores beside the pipeline (a study) would otherwise train on images of another size, split or
+    generator than the fresh images it scores on. Compared with what prepare recorded in prepare_report.json."""
+    path = Path(directory) / "prepare_report.json"
+    if not path.is_file():
+        raise MissingOutputError(f"{path}: missing from the prepared data; {REBUILD}.")
+    try:
+        report = json.loads(path.read_text())
+        recorded = {"data.source": report["source"], "data.image_size": report["domains"]["cbis"]["image_size"],
+                    "data.split": report["split"]["kind"], "data.split_seed": report["split"]["seed"]}
+    except (ValueError, KeyError, TypeError):
+        raise DamagedOutputError(f"{path}: unreadable or not written by prepare; {REBUILD}.") from None
+    size = int(data_params["image_size"])
+    expected = {"data.source": data_params["source"], "data.image_size": [size, size],
+                "data.split": data_params["split"], "data.split_seed": int(data_params["split_seed"])}
+    if data_params["source"] == "synthetic" and report["source"] == "synthetic":
+        recorded["data.synthetic"], expected["data.synthetic"] = report.get("generator"), data_params["synthetic"]
+    differing = [key for key in expected if recorded[key] != expected[key]]
+    if differing:
+        key = differing[0]
+        raise ConfigError(f"{path}: prepared with {key} = {json.dumps(recorded[key])}, but params.yaml has "
+                          f"{json.dumps(expected[key])}; {REBUILD}.")
+
+
 def load_prepared(directory: str | Path) -> PreparedData:
     """The prepared data, checked on load: a missing, truncated or edited file is one line naming it."""
     directory = Path(directory)

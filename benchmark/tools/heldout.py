@@ -45,6 +45,16 @@ def fresh_cbis_sets(data_params: dict, generator_seeds: list[int],
     return sets
 
 
+def check_trained_at(info_path: Path, image_size: int) -> None:
+    """The fresh images are rendered at params.yaml's size: a run trained at another size would be scored on
+    masses of another pixel size, silently (the network is fully convolutional)."""
+    trained = read_json(info_path).get("image_size")
+    if trained != image_size:
+        raise ConfigError(f"{info_path}: the run was trained at {trained} px, but params.yaml data.image_size is "
+                          f"{image_size}; re-train it (dvc repro train@{info_path.parent.name}) or pass the params "
+                          "it was trained with (--params).")
+
+
 def score_runs(params: dict, run_names: list[str], sets: dict[int, tuple[np.ndarray, np.ndarray]],
                runs_dir: Path, device: torch.device) -> pd.DataFrame:
     """One row per (run, model seed, generator seed, image): its Dice at the evaluate stage's threshold."""
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         if not (Path(args.runs_dir) / name / "metrics.json").is_file():
             raise MissingOutputError(f"{Path(args.runs_dir) / name / 'metrics.json'}: run {name} is not evaluated "
                                     "yet; run `dvc repro` first.")
+        check_trained_at(Path(args.runs_dir) / name / "train_info.json", int(params["data"]["image_size"]))
     configure_threads(int(params["train"].get("num_threads", 0)))
     device = pick_device(params["train"].get("device", "auto"))
     sets = fresh_cbis_sets(params["data"], generator_seeds, args.count)

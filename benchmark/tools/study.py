@@ -60,6 +60,7 @@ from benchmark.artifacts import atomic_savez, atomic_write_csv, atomic_write_tex
 from benchmark.cli import run_cli
 from benchmark.config import ConfigError, load_params, run_spec, validate_params
 from benchmark.data.prepare import prepare
+from benchmark.data.prepared import check_prepared_from
 from benchmark.evaluation.evaluate import load_run_models, predict_probabilities
 from benchmark.evaluation.metrics import dice, smeasure
 from benchmark.tools import study_ranking
@@ -256,6 +257,7 @@ def prepared_for(study: Study, params: dict[str, Any], condition_data: dict[str,
     if condition_data == params["data"]:
         if not (pipeline / "manifest.csv").is_file():
             raise ConfigError(f"{pipeline}: no prepared data; run `dvc repro prepare` first.")
+        check_prepared_from(pipeline, params["data"])  # e.g. params.yaml's size changed, prepare not re-run
         return pipeline
     key = hashlib.sha256(json.dumps(condition_data, sort_keys=True).encode()).hexdigest()[:12]
     out = study.work / "prepared" / key
