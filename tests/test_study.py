@@ -92,7 +92,7 @@ def test_a_condition_trains_on_its_own_data_and_a_variant_only_where_it_is_liste
 @pytest.mark.parametrize("key, value, named", [
     ("image_size", 64, "data.image_size = [32, 32], but params.yaml has [64, 64]"),
     ("split_seed", 1, "data.split_seed = "),
-    ("synthetic", {"mass_contrast_median": 0.3}, "data.synthetic = "),
+    ("synthetic", {"mass_contrast_median": 0.3}, "data.synthetic.mass_contrast_median = 0.21, but params.yaml has 0.3"),
 ])
 def test_the_pipeline_data_is_reused_only_if_params_yaml_prepares_it_now(tiny_prepared, tmp_path, key, value, named):
     params, prepared = tiny_prepared

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from benchmark.artifacts import file_sha256, sha256_json, unwritable
+from benchmark.artifacts import file_sha256, read_json, sha256_json, unwritable
 from benchmark.cli import DamagedOutputError, MissingOutputError
 from benchmark.config import ConfigError
 from benchmark.data.splits import breast_keys, check_split, draw_test, same_breast_leaks
@@ -299,19 +299,19 @@ def check_prepared_from(directory: str | Path, data_params: dict[str, Any]) -> N
     trains or scores beside the pipeline (a study) would otherwise train on images of another size, split or
     generator than the fresh images it scores on. Compared with what prepare recorded in prepare_report.json."""
     path = Path(directory) / "prepare_report.json"
-    if not path.is_file():
-        raise MissingOutputError(f"{path}: missing from the prepared data; {REBUILD}.")
+    report = read_json(path)
     try:
-        report = json.loads(path.read_text())
         recorded = {"data.source": report["source"], "data.image_size": report["domains"]["cbis"]["image_size"],
                     "data.split": report["split"]["kind"], "data.split_seed": report["split"]["seed"]}
-    except (ValueError, KeyError, TypeError):
-        raise DamagedOutputError(f"{path}: unreadable or not written by prepare; {REBUILD}.") from None
+        generator = report.get("generator") or {}
+    except (KeyError, TypeError, AttributeError):
+        raise DamagedOutputError(f"{path}: not written by prepare; {REBUILD}.") from None
     size = int(data_params["image_size"])
     expected = {"data.source": data_params["source"], "data.image_size": [size, size],
                 "data.split": data_params["split"], "data.split_seed": int(data_params["split_seed"])}
     if data_params["source"] == "synthetic" and report["source"] == "synthetic":
-        recorded["data.synthetic"], expected["data.synthetic"] = report.get("generator"), data_params["synthetic"]
+        for key, value in data_params["synthetic"].items():
+            recorded[f"data.synthetic.{key}"], expected[f"data.synthetic.{key}"] = generator.get(key), value
     differing = [key for key in expected if recorded[key] != expected[key]]
     if differing:
         key = differing[0]
