@@ -70,6 +70,9 @@ def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, 
     resumed = train_run(spec, params_b, prepared, tmp_path / "b", show_progress=False)
 
     assert resumed["seeds"]["0"]["resumed_from_epoch"] == 1 and straight["seeds"]["0"]["resumed_from_epoch"] == 0
+    before = resumed["seeds"]["0"]["seconds_before_resume"]
+    assert before > 0 and straight["seeds"]["0"]["seconds_before_resume"] == 0
+    assert resumed["train_wall_seconds"] >= before, "the stage's time counts the epoch trained before the interruption"
     a = torch.load(tmp_path / "a" / spec.name / "models" / "seed_0.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / spec.name / "models" / "seed_0.pt", weights_only=True)
     assert a.keys() == b.keys()
@@ -188,3 +191,11 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tiny_prepared, tmp_p
     straight_csv = (tmp_path / "straight" / "strong_only_100" / "per_image.csv").read_bytes()
     killed_csv = (tmp_path / "killed" / "strong_only_100" / "per_image.csv").read_bytes()
     assert straight_csv == killed_csv
+
+
+def test_the_time_before_a_resume_counts_each_wave_of_seeds_by_its_longest():
+    assert trainer.wall_before_resume([10.0, 30.0, 20.0], workers=3) == 30.0  # side by side
+    assert trainer.wall_before_resume([10.0, 30.0, 20.0], workers=1) == 60.0  # one after another
+    assert trainer.wall_before_resume([10.0, 30.0, 20.0], workers=2) == 50.0  # (10, 30), then 20
+    assert trainer.wall_before_resume([0.0, 0.0], workers=2) == 0.0  # never interrupted
+

@@ -559,6 +559,7 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     seed_info = {
         "train_seconds": round(seconds_before + time.perf_counter() - started, 2),
         "resumed_from_epoch": first_epoch,
+        "seconds_before_resume": round(seconds_before, 2),  # trained in an earlier, interrupted process
         "provenance": {**source, "started": started_at, "finished": now_iso(), "seed": seed,
                        "device": counts["hardware"], "packages": package_versions(), "fingerprint": fingerprint,
                        "params": {"model": model_params, "train": train_params, "seeds": list(spec.seeds),
@@ -742,6 +743,15 @@ def _seed_result(payload: tuple[bytes, list[dict[str, Any]], dict[str, Any]]) ->
     return SeedResult(torch.load(io.BytesIO(weights), weights_only=True), log_rows, info)
 
 
+def wall_before_resume(seconds_before: list[float], workers: int) -> float:
+    """Wall time a resumed run's seeds had trained before the interruption, approximately: `workers` seeds train
+    side by side, so each wave of them took its longest seed's time; the waves ran one after another. Added to the
+    resumed process's own time, a run interrupted once (or at every session's end) reports about what it would
+    have taken uninterrupted, less the partial epochs the interruptions lost."""
+    waves = [seconds_before[k:k + workers] for k in range(0, len(seconds_before), max(1, workers))]
+    return sum(max(wave) for wave in waves)
+
+
 def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir: Path,
               show_progress: bool = True) -> dict[str, Any]:
     """Train every seed of `spec`: check everything first, then remove the run's old outputs, write new ones last."""
@@ -789,7 +799,9 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
             "encoder_weights_fingerprint": weights_fingerprint(model_params),
             "threads": threads, "seed_workers": workers, "torch": str(torch.__version__),
             "train_seconds": round(sum(seed["train_seconds"] for seed in seeds_info.values()), 2),  # summed over seeds
-            "train_wall_seconds": round(time.perf_counter() - started, 2),  # the stage's own time, seeds side by side
+            # the stage's own time, seeds side by side, plus what an interrupted earlier process had trained
+            "train_wall_seconds": round(time.perf_counter() - started + wall_before_resume(
+                [seeds_info[str(seed)]["seconds_before_resume"] for seed in spec.seeds], workers), 2),
             "configured": spec.configured(), "model": model_params,
             "train_log_sha256": file_sha256(run_dir / "train_log.csv"),  # the report's loss check reads it
             "seeds": seeds_info,
