@@ -198,4 +198,3 @@ def test_the_time_before_a_resume_counts_each_wave_of_seeds_by_its_longest():
     assert trainer.wall_before_resume([10.0, 30.0, 20.0], workers=1) == 60.0  # one after another
     assert trainer.wall_before_resume([10.0, 30.0, 20.0], workers=2) == 50.0  # (10, 30), then 20
     assert trainer.wall_before_resume([0.0, 0.0], workers=2) == 0.0  # never interrupted
-
