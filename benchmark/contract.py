@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
+from tqdm import tqdm
 
 
 class Sampler(Protocol):
@@ -67,6 +68,10 @@ class TrainContext:
     make_sampler: (uses_strong, uses_weak, seed) -> a BatchSampler over the same set, for extra stages
     train_params: params.yaml `train`; total_steps / steps_per_epoch / epochs: the run's schedule
     learning_rate: global step -> the optimiser's learning rate during that step (None: constant, `train.lr`)
+    resuming: the trainer restores this seed from a checkpoint right after the hook, so a stage whose result the
+              checkpoint holds (weights, persistent buffers) need not run again; targets a method registers on
+              the training set are not in it and must be registered either way
+    stage_progress(total, stage): a progress bar for a method's own stage, on the seed's line
     """
 
     training_set: TrainingImages
@@ -77,6 +82,14 @@ class TrainContext:
     steps_per_epoch: int
     seed: int
     learning_rate: Callable[[int], float] | None = None
+    resuming: bool = False
+    show_progress: bool = False
+    progress_position: int | None = None
+    label: str = ""  # the seed's progress label, e.g. "train <run> seed <seed>"
+
+    def stage_progress(self, total: int, stage: str) -> tqdm:
+        return tqdm(total=total, desc=f"{self.label} {stage}".strip(), unit="step", leave=False,
+                    disable=not self.show_progress, position=self.progress_position)
 
     def lr_at(self, step: int) -> float:
         return self.learning_rate(step) if self.learning_rate is not None else float(self.train_params["lr"])

@@ -67,7 +67,8 @@ class SegmentationMethod(nn.Module):
 
     # Optional hooks: a method's extra stages stay inside its run ------------------------------
     def on_train_start(self, context: TrainContext) -> None:
-        """Called once before the first step, e.g. to train an ancillary model or register targets."""
+        """Called once before the first step, e.g. to train an ancillary model or register targets. When
+        `context.resuming`, the checkpoint restored next holds the weights: skip a stage that only trains them."""
 
     def after_optimizer_step(self, step: int) -> None:
         """Called after every optimiser step (0-based global `step`), e.g. for an EMA update."""

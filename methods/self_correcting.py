@@ -32,14 +32,15 @@ Ours, where the source is silent or does not fit this benchmark (each an option)
 - the ancillary is smp's U-Net of the configured encoder (same weights policy as every method) whose
   first convolution gets a 2nd input channel, initialised at zero; it trains for
   `ancillary_step_fraction` x the run's total steps (default 0.5) on strong batches with its own Adam
-  (the run's lr, poly decay per step), all inside `on_train_start`, so its time is part of the run;
+  (the run's lr, poly decay per step), all inside `on_train_start`, so its time is part of the run (a
+  seed resumed from a checkpoint skips it: the checkpoint holds the trained ancillary);
 - `loss`: the mask loss of the strong images, of the weak images' soft target q and of the ancillary
   (default `structure`, F3Net's loss, as Strong-Only). An earlier reading trained the weak images with
   plain BCE while the strong ones had the structure loss: on a missed mass that pushed the logits 4-6x
   less than any other method's box term (measured), a handicap the source does not impose; removed;
 - the convolutional self-correction variant is not implemented;
 - cost: a primary step plus the frozen ancillary's forward on the weak images (~1.1x a Strong-Only
-  step), plus the ancillary stage (`ancillary_step_fraction` x total steps of ~1x).
+  step), plus the ancillary stage (`ancillary_step_fraction` x total steps of ~1x): ~1.6x a Strong-Only run.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ class SelfCorrecting(SegmentationMethod):
         register_box_target(context, kind)
         self.set_epoch(0, context.epochs)
         steps = int(round(float(self.options["ancillary_step_fraction"]) * context.total_steps))
-        if steps > 0:
+        if steps > 0 and not context.resuming:  # a resumed seed's checkpoint holds the trained ancillary
             self._train_ancillary(context, steps)
         for parameter in self.ancillary.parameters():
             parameter.requires_grad_(False)
@@ -160,18 +161,20 @@ class SelfCorrecting(SegmentationMethod):
         optimizer = torch.optim.Adam(self.ancillary.parameters(), lr=lr)
         kind = self.options["box_target"]
         self.ancillary.train()
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * (1 - step / steps) ** power
-            batch = context.training_set.batch(*sampler.next())
-            logits = self.ancillary_logits(batch.images, box_target_of(batch, kind))
-            terms = mask_loss(logits, batch.masks, self.options["loss"], self.options["bce_weighting"])
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"Self-Correcting ancillary loss is {loss.item()} at step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with context.stage_progress(steps, "ancillary") as progress:
+            for step in range(steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (1 - step / steps) ** power
+                batch = context.training_set.batch(*sampler.next())
+                logits = self.ancillary_logits(batch.images, box_target_of(batch, kind))
+                terms = mask_loss(logits, batch.masks, self.options["loss"], self.options["bce_weighting"])
+                loss = sum(terms.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"Self-Correcting ancillary loss is {loss.item()} at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress.update()
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         self.set_epoch(epoch + 1, num_epochs)

@@ -47,14 +47,8 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", available_methods())
-def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, monkeypatch):
-    params, prepared = tiny_prepared
-    spec = spec_for(method)
-    straight = train_run(spec, two_epoch_params(params, tmp_path / "ck_a"), prepared, tmp_path / "a",
-                         show_progress=False)
-
-    params_b = two_epoch_params(params, tmp_path / "ck_b")
+def interrupt_after_first_epoch_then_resume(spec: RunSpec, params: dict, prepared, runs: Path, monkeypatch) -> dict:
+    """Trains `spec` until its first checkpoint is written, kills it there, trains it again: the resumed info."""
     real_save = trainer.atomic_torch_save
 
     def save_then_die(path, payload):
@@ -64,10 +58,21 @@ def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, 
 
     monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
     with pytest.raises(Interrupted):
-        train_run(spec, params_b, prepared, tmp_path / "b", show_progress=False)
+        train_run(spec, params, prepared, runs, show_progress=False)
     monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
-    assert not (tmp_path / "b" / spec.name / "train_info.json").exists()
-    resumed = train_run(spec, params_b, prepared, tmp_path / "b", show_progress=False)
+    assert not (runs / spec.name / "train_info.json").exists()
+    return train_run(spec, params, prepared, runs, show_progress=False)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, monkeypatch):
+    params, prepared = tiny_prepared
+    spec = spec_for(method)
+    straight = train_run(spec, two_epoch_params(params, tmp_path / "ck_a"), prepared, tmp_path / "a",
+                         show_progress=False)
+
+    params_b = two_epoch_params(params, tmp_path / "ck_b")
+    resumed = interrupt_after_first_epoch_then_resume(spec, params_b, prepared, tmp_path / "b", monkeypatch)
 
     assert resumed["seeds"]["0"]["resumed_from_epoch"] == 1 and straight["seeds"]["0"]["resumed_from_epoch"] == 0
     before = resumed["seeds"]["0"]["seconds_before_resume"]
@@ -82,6 +87,31 @@ def test_resumed_training_equals_uninterrupted(method, tiny_prepared, tmp_path, 
     log_b = pd.read_csv(tmp_path / "b" / spec.name / "train_log.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(log_a, log_b)
     assert not checkpoint_dir(params_b, spec, 0).parent.exists(), "checkpoints are removed once the run is complete"
+
+
+def test_a_resumed_seed_does_not_train_self_correctings_ancillary_again(tiny_prepared, tmp_path, monkeypatch):
+    """The checkpoint holds the trained ancillary, so a resume skips its stage (about 23 min per seed at 192 px);
+    that the weights still equal an uninterrupted run's is the test above."""
+    params, prepared = tiny_prepared
+    method = get_method("self_correcting")
+    hook, stage, resuming, stages = method.on_train_start, method._train_ancillary, [], []
+
+    def recording_hook(self, context):
+        resuming.append(context.resuming)
+        hook(self, context)
+
+    def recording_stage(self, context, steps):
+        stages.append(steps)
+        stage(self, context, steps)
+
+    monkeypatch.setattr(method, "on_train_start", recording_hook)
+    monkeypatch.setattr(method, "_train_ancillary", recording_stage)
+    resumed = interrupt_after_first_epoch_then_resume(spec_for("self_correcting"),
+                                                      two_epoch_params(params, tmp_path / "ck"), prepared,
+                                                      tmp_path / "runs", monkeypatch)
+    assert resumed["seeds"]["0"]["resumed_from_epoch"] == 1
+    assert resuming == [False, True], "the trainer tells the hook whether the seed resumes"
+    assert len(stages) == 1 and stages[0] > 0, f"the ancillary stage ran {len(stages)} times, not once"
 
 
 def test_checkpoints_follow_the_interval_and_never_change_the_weights(tiny_prepared, tmp_path, monkeypatch):

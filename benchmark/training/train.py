@@ -483,6 +483,10 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
     sampler = BatchSampler(training_set, batch_size, strong_share, method.uses_strong, method.uses_weak, seed=seed)
     epochs = int(train_params["epochs"])
     n_steps = steps_per_epoch(train_params["steps_per_epoch"], len(training_set), sampler.n_used, batch_size)
+    checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
+    # read before the hook, which may then skip a stage whose result the checkpoint holds (an ancillary model)
+    checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=tqdm.write)
+    label = f"train {spec.name} seed {seed}"
     method.on_train_start(TrainContext(
         training_set=training_set,
         make_sampler=lambda strong, weak, sub_seed: BatchSampler(training_set, batch_size, strong_share, strong, weak,
@@ -490,18 +494,18 @@ def _train_seed(spec: RunSpec, seed: int, params: dict[str, Any], data: Prepared
         train_params=train_params, device=device, epochs=epochs, steps_per_epoch=n_steps, seed=seed,
         learning_rate=lambda step: poly_lr(float(train_params["lr"]), min(step // n_steps, epochs - 1), epochs,
                                            float(train_params["poly_power"])),
+        resuming=checkpoint is not None, show_progress=show_progress, progress_position=progress_position,
+        label=label,
     ))
     # created after the hook, so parameters a method froze there are not optimised
     optimizer = make_optimizer(train_params["optimizer"], [p for p in method.parameters() if p.requires_grad],
                                float(train_params["lr"]))
     compile_networks(method, train_params)
 
-    checkpoint_path = checkpoint_dir(params, spec, seed) / CHECKPOINT_NAME
     first_epoch, log_rows, seconds_before, first_loss = 0, [], 0.0, None
-    progress = tqdm(total=epochs * n_steps, desc=f"train {spec.name} seed {seed}", unit="step",
-                    disable=not show_progress, position=progress_position)
+    progress = tqdm(total=epochs * n_steps, desc=label, unit="step", disable=not show_progress,
+                    position=progress_position)
     try:  # closed on any exit, so an error message starts on a line of its own
-        checkpoint = load_compatible_checkpoint(checkpoint_path, fingerprint, device, say=progress.write)
         if checkpoint is not None:
             method.load_state_dict(checkpoint["model"])
             method.load_training_state(checkpoint["method_state"])
