@@ -30,7 +30,10 @@ Ours (reconstruction; each an option):
   the dot products have median 0.15, 5-95% range -0.26..0.78, so a label that disagrees loses ~0.25 per
   update early and less as alpha decays; a literal upper-level rate of 1 (our beta = alpha_0 = 1e-3)
   would leave every gamma at 1, i.e. no DII at all. (At initialisation every weak gradient agrees: dots
-  6.7-12.9, all positive);
+  6.7-12.9, all positive). At 192 px, the default's size since the scale study, the same check gives dot
+  products of the same order (median 0.34, 5-95% -0.15..0.83; 11% of the weak labels down-weighted after
+  the first update, none zeroed), so beta 1.0 keeps the DII active there without saturating it
+  (measurements/dcr_indicators_2026-12-06.md; one seed, first update: a check of the mechanism, not a tuning);
 - `similarity` other than the source's `dot`: `cosine` (cos(g_S, g_k), bounded) and `scaled`
   (g_S . g_k / (|g_S| mean_k |g_k|)); `lr_scaled: false` drops the alpha_t / alpha_0 factor. An earlier
   reading used cosine with a fixed beta 0.5 per update, not scaled by the learning rate.

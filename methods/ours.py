@@ -30,8 +30,9 @@ Ours, where the paper is silent (each is an option unless stated):
 - `prompt_levels`: which features U multiplies (the paper: "multiplied with lesion-related features f_r",
   no level named). "all" (default): every skip level (strides 2..32), f_r where FD splits and the raw
   feature elsewhere; "fd": the levels `fd_levels` names (with FD off, the raw feature there); "deepest":
-  only the stride-32 feature. The reading before the fairness study, "fd" with `fd_levels: deepest`, is
-  degenerate at the default 96 px: the stride-32 feature is 3 x 3, no mass box covers one of its cells,
+  only the stride-32 feature. The literal reading, "fd" with `fd_levels: deepest` (the paper's f read as
+  the encoder's output), is degenerate at 96 px (the default's size until the scale study; the quick
+  profile's): the stride-32 feature is 3 x 3, no mass box covers one of its cells,
   so area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
   feature's energy instead of pointing at the mass (at 352 px the level is 11 x 11). The study
   (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs) ruled it out

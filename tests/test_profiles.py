@@ -56,10 +56,12 @@ def test_paper_profile_differs_from_the_default_only_in_protocol_values():
     assert default["report"] == paper["report"] and default["evaluate"] == paper["evaluate"]
 
 
-def test_quick_profile_is_the_default_with_one_seed():
+def test_quick_profile_is_the_default_with_one_seed_at_96_px():
     default, quick = load_params(REPO / "params.yaml"), load_params(QUICK)
     assert default["seeds"] == [0, 1, 2] and quick["seeds"] == [0]
-    assert {**quick, "seeds": default["seeds"]} == default, "nothing else differs"
+    assert default["data"]["image_size"] == 192 and quick["data"]["image_size"] == 96
+    same_data = {**quick["data"], "image_size": default["data"]["image_size"]}
+    assert {**quick, "seeds": default["seeds"], "data": same_data} == default, "nothing else differs"
     assert "cp profiles/quick.yaml params.yaml && dvc repro" in QUICK.read_text()
     assert "profiles/quick.yaml" in (REPO / "README.md").read_text(), "documented"
 
