@@ -28,17 +28,23 @@ Ours, where the paper is silent (each is an option unless stated):
 - the FD convolutions are plain 1x1 convolutions with bias (PyTorch default initialisation), no norm or
   activation; odd channel counts split as floor / ceil (not an option).
 - `prompt_levels`: which features U multiplies (the paper: "multiplied with lesion-related features f_r",
-  no level named). "all" (default): every skip level (strides 2..32), f_r where FD splits and the raw
-  feature elsewhere; "fd": the levels `fd_levels` names (with FD off, the raw feature there); "deepest":
-  only the stride-32 feature. The literal reading, "fd" with `fd_levels: deepest` (the paper's f read as
-  the encoder's output), is degenerate at 96 px (the default's size until the scale study; the quick
-  profile's): the stride-32 feature is 3 x 3, no mass box covers one of its cells,
-  so area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
-  feature's energy instead of pointing at the mass (at 352 px the level is 11 x 11). The study
-  (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs) ruled it out
-  before the runs and chose among the others on held-out images: "all" with `fd_levels: deepest`
-  38.68 +- 1.01 held-out Dice (the default), `fd_levels: all` 38.63 +- 0.84 (-0.05, a tie: the simpler
-  deepest split stays); the degenerate reading scored 35.56 +- 2.36.
+  no level named). "fd" (default): the levels `fd_levels` names (with FD off, the raw feature there), so with
+  `fd_levels: deepest` the literal reading: the paper's f read as the encoder's output, FD and the prompt on
+  the stride-32 f_r only; "all": every skip level (strides 2..32), f_r where FD splits and the raw feature
+  elsewhere; "deepest": only the stride-32 feature. Which reading runs at which size, and why:
+  - 192 px (the default) and 352 px (the paper profile): the literal reading. A mass (~29 px synthetic at
+    192, ~30 px real at 352) spans about one cell of the stride-32 grid (6 x 6, 11 x 11), so U can point at
+    it there. studies/scale/report.md raced it, as the reference, against "all" under the rule (3 seeds, 900
+    fresh held-out images, 12 epochs, fp32): literal 52.27 +- 2.90 held-out Dice, "all" 53.73 +- 0.62, a
+    paired gain of +1.46 +- 1.60 SE, below 1 SE, so the reference stays.
+  - 96 px (`profiles/quick.yaml`, which sets `prompt_levels: all` on its Ours runs): "all". The literal
+    reading is degenerate there: the stride-32 feature is 3 x 3, no mass box covers one of its cells, so
+    area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
+    feature's energy instead of pointing at the mass. studies/fair_comparison/report.md (3 seeds, 900 fresh
+    held-out images, 12 epochs) ruled it out before the runs and chose among the others: "all" with
+    `fd_levels: deepest` 38.68 +- 1.01 held-out Dice, `fd_levels: all` 38.63 +- 0.84 (-0.05, a tie: the
+    simpler deepest split stays); the degenerate reading scored 35.56 +- 2.36. In the scale study "all"
+    scored 39.42 +- 0.88 at 96 px.
 - `prompt_resize`: how the full-resolution U is brought to a feature map's size: "area" (default: mean over
   each cell, so a small uncertain area is never skipped by the subsampling) or "bilinear".
 - `detach_prompt`: false (default) lets the segmentation loss back-propagate through U into Dec_a and
@@ -95,7 +101,7 @@ class Ours(SegmentationMethod):
         "spatial_prompt": True,        # SPM (Table 2: w/o SPM = false)
         "perception_loss": True,       # PL, Eq. 2 (Table 2: w/o PL = false)
         "fd_levels": "deepest",        # deepest | all
-        "prompt_levels": "all",        # all | fd | deepest
+        "prompt_levels": "fd",         # fd | all | deepest (fd with fd_levels deepest: the literal reading)
         "prompt_resize": "area",       # area | bilinear
         "detach_prompt": False,
         "bce_weighting": "weighted",   # weighted | released

@@ -187,7 +187,7 @@ def test_fd_all_splits_every_skip_level_but_the_input():
 
 
 @pytest.mark.parametrize("options, prompted", [
-    ({}, [1, 2, 3, 4, 5]),
+    ({}, [5]),  # the default: the literal reading, FD and the prompt on the deepest f_r only
     ({"prompt_levels": "fd"}, [5]),
     ({"fd_levels": "all", "prompt_levels": "fd"}, [1, 2, 3, 4, 5]),
     ({"prompt_levels": "all"}, [1, 2, 3, 4, 5]),

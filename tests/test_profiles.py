@@ -12,6 +12,7 @@ from benchmark.config import all_runs, load_params
 from benchmark.nn.networks import WeightsUnavailableError, build_unet
 from benchmark.training.runtime import cpu_has_native_bf16
 from benchmark.training.train import Numerics, make_optimizer, poly_lr
+from methods.ours import Ours
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "profiles" / "paper.yaml"
@@ -61,6 +62,14 @@ def test_quick_profile_is_the_default_with_one_seed_at_96_px():
     assert default["seeds"] == [0, 1, 2] and quick["seeds"] == [0]
     assert default["data"]["image_size"] == 192 and quick["data"]["image_size"] == 96
     same_data = {**quick["data"], "image_size": default["data"]["image_size"]}
+    # at 96 px Ours' literal reading (the default's: the prompt on the stride-32 f_r) is degenerate, so every
+    # Ours run of the quick profile, and only those, adds the reading the 96 px study chose
+    ours = {name for name, run in default["runs"].items() if run["method"] == "ours"}
+    assert len(ours) == 7 and Ours.default_options["prompt_levels"] == "fd"
+    for name in ours:
+        assert quick["runs"][name]["options"].pop("prompt_levels") == "all", name
+        if not quick["runs"][name]["options"]:
+            del quick["runs"][name]["options"]
     assert {**quick, "seeds": default["seeds"], "data": same_data} == default, "nothing else differs"
     assert "cp profiles/quick.yaml params.yaml && dvc repro" in QUICK.read_text()
     assert "profiles/quick.yaml" in (REPO / "README.md").read_text(), "documented"
