@@ -36,8 +36,9 @@ Ours, where the paper is silent (each is an option unless stated):
     synthetic at 192, 34 px real CBIS-DDSM at 352) spans about one cell of the stride-32 grid (6 x 6,
     11 x 11) and fills a median 0.54 of its best cell in both (measurements/prompt_grid_2026-12-07.md), so
     a perfect U reaches f_r there as in the paper's geometry. studies/scale/report.md raced it, as the
-    reference, against "all" under the rule (3 seeds, 900 fresh held-out images, 12 epochs, fp32): literal 52.27 +- 2.90 held-out Dice, "all" 53.73 +- 0.62, a
-    paired gain of +1.46 +- 1.60 SE, below 1 SE, so the reference stays.
+    reference, against "all" under the rule (3 seeds, 900 fresh held-out images, 12 epochs, fp32): literal
+    52.27 +- 2.90 held-out Dice, "all" 53.73 +- 0.62, a paired gain of +1.46 +- 1.60 SE, below 1 SE, so the
+    reference stays.
   - 96 px (`profiles/quick.yaml`, which sets `prompt_levels: all` on its Ours runs): "all". The literal
     reading is degenerate there: the stride-32 feature is 3 x 3, no mass box covers one of its cells, so
     area-pooling even a perfect U leaves at most ~0.2 there (median) and the prompt removes ~99% of that
