@@ -21,14 +21,14 @@ Our reconstruction (each an option below, unless it is the shared protocol):
   style conv heads.
 - `neck_layers` (0-3, default 1): shared 3x3 conv + BN + ReLU layers (channels kept) on the
   deepest encoder feature only, skip features stay raw; 0 is no neck (the seed paper's U-Net
-  has none). Default 1, the source's shared neck, chosen by the fairness study
-  (studies/fair_comparison/report.md: 3 seeds, 900 fresh held-out images, 12 epochs):
-  held-out Dice 33.62 +- 2.03 with one neck layer against 30.64 +- 3.37 without (the reading
-  before the study), paired +2.98 +- 2.97 (SE), above the study's 1.0-point tie margin.
+  has none). Default 1, the source's shared neck, the reference of the baseline_readings study
+  (studies/baseline_readings/report.md: 192 px, 900 fresh held-out images, rule of issue 28):
+  held-out Dice 51.94 +- 1.37 (5 seeds); no neck 51.74 +- 4.32, paired -0.04 +- 1.99 (SE,
+  3 seeds): the reference stays.
 - `branch_inputs`: "own" (default): each branch forwards only its own kind of images, so
   its batch-norm statistics, too, come only from that kind; "all": both branches forward
-  the whole batch and the other kind is masked out by per-image loss weights. Study:
-  "all" 31.18 +- 0.58 against "own" 30.64 +- 3.37 (both without a neck), +0.54: a tie, the
+  the whole batch and the other kind is masked out by per-image loss weights. Same study:
+  "all" 53.22 +- 1.71, paired +1.27 +- 0.69 (SE) after 5 seeds, below the rule's 2 SE: the
   reference "own" stays.
 - `loss`: "structure" (F3Net loss, as Strong-Only; the source uses cross-entropy),
   "bce_dice" or "bce"; `bce_weighting` as in benchmark.nn.losses. Terms are named
