@@ -154,7 +154,7 @@ def test_dcr_indicators_weight_weak_losses_and_stay_out_of_the_state_dict():
 
 # --- Self-Correcting --------------------------------------------------------------------------
 def test_self_correcting_fused_target_is_the_linear_self_correction_inside_the_box():
-    method = SelfCorrecting(MODEL, {})
+    method = SelfCorrecting(MODEL, {"restrict_to_box": True})
     method.alpha = 3.0
     torch.manual_seed(0)
     z_p, z_a = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
