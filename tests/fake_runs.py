@@ -104,13 +104,19 @@ def fabricate_run(runs_dir: Path, data: PreparedData, name: str, *, method: str,
     return folder
 
 
+def rewrite_train_info(folder: Path, info: dict) -> None:
+    """Replace a fabricated run's train_info.json as a re-training would; its hash in metrics.json follows, as a
+    re-evaluation would write it."""
+    (folder / "train_info.json").write_text(json.dumps(info, indent=2))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["inputs"]["train_info.json"] = file_sha256(folder / "train_info.json")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
 def rewrite_train_log(folder: Path, log: pd.DataFrame) -> None:
     """Replace a fabricated run's train_log.csv as a re-training would: its hash in train_info.json, and that file's
     in metrics.json (as a re-evaluation would), follow."""
     log.to_csv(folder / "train_log.csv", index=False)
     info = json.loads((folder / "train_info.json").read_text())
     info["train_log_sha256"] = file_sha256(folder / "train_log.csv")
-    (folder / "train_info.json").write_text(json.dumps(info, indent=2))
-    metrics = json.loads((folder / "metrics.json").read_text())
-    metrics["inputs"]["train_info.json"] = file_sha256(folder / "train_info.json")
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    rewrite_train_info(folder, info)

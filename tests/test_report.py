@@ -7,6 +7,7 @@ protocol's mDice is 0.9 Dice + 0.05 per image (fake_runs.py), so its differences
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from benchmark.data.prepared import load_prepared
 from benchmark.evaluation.statistics import two_stage_bootstrap
 from benchmark.reporting import report, tables
 from tests.conftest import tiny_params
-from tests.fake_runs import COMMIT, authors_mdice_of, fabricate_run
+from tests.fake_runs import COMMIT, authors_mdice_of, fabricate_run, rewrite_train_info
 
 CBIS_BASE = np.array([0.30, 0.40, 0.50, 0.60])  # the tiny dataset's 4 CBIS test images
 INBREAST_BASE = np.array([0.30, 0.40, 0.50, 0.60, 0.70, 0.80])  # its 6 INbreast test images
@@ -331,3 +332,23 @@ def test_the_summary_quotes_the_scale_study_or_names_a_missing_one(rendered, tin
     params["report"]["scale_study"] = None
     moved.write_text(yaml.safe_dump(params))
     assert "**Scale**" not in render(moved, runs_dir, prepared, tmp_path / "none")
+
+
+def test_a_run_by_run_repro_and_mixed_precision_are_named(tiny_prepared, tmp_path):
+    """A repro that commits each finished run trains every run at another commit with the same code, which the
+    summary says; runs whose `precision: auto` resolved differently (CPUs with and without native bf16) are named."""
+    _, prepared = tiny_prepared
+    params_path, runs_dir = write_inputs(tmp_path, prepared)
+    for k, name in enumerate(RUNS):
+        path = runs_dir / name / "train_info.json"
+        info = json.loads(path.read_text())
+        info["precision"] = "bf16" if name == "ours_10" else "fp32"
+        for seed_info in info["seeds"].values():
+            seed_info["provenance"].update(git_commit=f"{k + 1:x}" * 40, git_dirty=False)
+            seed_info["provenance"]["fingerprint"]["code"] = "same-code"
+        rewrite_train_info(path.parent, info)
+    summary = render(params_path, runs_dir, prepared, tmp_path / "out").split("## Table 1", 1)[0]
+    assert "with the same code in every training (one fingerprint of benchmark/ and methods/)" in summary
+    assert (f"- **Mixed precision:** the runs were not trained in one precision (bf16: ours_10; fp32: "
+            f"{', '.join(name for name in RUNS if name != 'ours_10')})") in summary
+    assert "fp32 precision" not in summary and "bf16 precision" not in summary

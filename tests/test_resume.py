@@ -3,7 +3,7 @@
 - every registered method: interrupted after epoch 1 and resumed == never interrupted (bit for bit);
 - a real `python -m benchmark train` subprocess killed with SIGKILL mid-epoch, re-run: the same
   per-image metrics as an uninterrupted run, and the completed epochs were not trained again;
-- a checkpoint written under another configuration is not resumed from;
+- a checkpoint written under another configuration, or another resolved precision, is not resumed from;
 - checkpoints are written at most once per `train.checkpoint_every_s`, never after the last epoch,
   and how often they are written changes no weight;
 - two runs of the same seed on CPU write identical per-image CSVs.
@@ -159,6 +159,32 @@ def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeyp
     info = train_run(spec, changed, prepared, tmp_path / "out", show_progress=False)
     assert info["seeds"]["0"]["resumed_from_epoch"] == 0
     assert "written for a different config; not resuming from it" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_other_resolved_numerics_is_not_resumed(tiny_prepared, tmp_path, monkeypatch, capsys):
+    """`precision: auto` is one setting but two numerics: a bf16 checkpoint (a CPU with native bf16) must not be
+    continued in fp32 (a session on a CPU without it), which would train one seed in two precisions."""
+    params, prepared = tiny_prepared
+    spec = spec_for("strong_only")
+    params = two_epoch_params(params, tmp_path / "ck")
+    params["train"]["precision"] = "auto"
+    real_save = trainer.atomic_torch_save
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if Path(path).name == CHECKPOINT_NAME:
+            raise Interrupted
+
+    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(trainer, "resolve_precision", lambda requested, device: "bf16")
+    with pytest.raises(Interrupted):
+        train_run(spec, params, prepared, tmp_path / "out", show_progress=False)
+    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    monkeypatch.setattr(trainer, "resolve_precision", lambda requested, device: "fp32")
+    info = train_run(spec, params, prepared, tmp_path / "out", show_progress=False)
+    assert info["precision"] == "fp32"
+    assert info["seeds"]["0"]["resumed_from_epoch"] == 0
+    assert "written for a different numerics; not resuming from it" in capsys.readouterr().out
 
 
 def test_same_seed_gives_identical_per_image_metrics(tiny_prepared, tmp_path):

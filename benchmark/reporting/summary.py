@@ -27,6 +27,17 @@ def _seeds_line(results: list[RunResult]) -> str:
     listed = "; ".join(f"{', '.join(seeds)} ({count} runs)" for seeds, count in sorted(sets.items()))
     return f"- **Seeds:** differ between runs: {listed}. Cells are mean ± std (n) over each run's seeds."
 
+def _mixed_precision_line(results: list[RunResult]) -> str:
+    """`precision: auto` resolves per machine: runs trained on CPUs with and without native bf16 differ in numerics,
+    which the tables would otherwise hide."""
+    by_precision: dict[str, list[str]] = {}
+    for result in results:
+        by_precision.setdefault(str(result.info.get("precision", "unknown")), []).append(result.name)
+    listed = "; ".join(f"{precision}: {', '.join(names)}" for precision, names in sorted(by_precision.items()))
+    return (f"- **Mixed precision:** the runs were not trained in one precision ({listed}); differences between "
+            "runs of different precision mix method and numerics. Re-train on one machine, or set "
+            "`train.precision` explicitly, for one protocol.")
+
 def _code_line(results: list[RunResult]) -> str:
     """Which commit(s) trained the runs and whether the working tree was dirty, from every seed's provenance."""
     commits: dict[str, set[str]] = {}
@@ -50,6 +61,13 @@ def _code_line(results: list[RunResult]) -> str:
     else:
         text = "- **Code:** trainings ran at " + ", ".join(
             f"`{commit}` ({len(runs)} runs)" for commit, runs in sorted(commits.items()))
+        # a run-by-run repro commits each finished run, so commits differ while the trained code may not
+        codes = {str((provenance.get("fingerprint") or {}).get("code"))
+                 for result in results for provenance in result.provenance()}
+        text += (", with the same code in every training (one fingerprint of benchmark/ and methods/)"
+                 if len(codes) == 1 and "None" not in codes else
+                 f", with {len(codes - {'None'})} different fingerprints of benchmark/ and methods/"
+                 if "None" not in codes else "")
     if dirty:
         text += f"; working tree **dirty** in {len(dirty)} of {trainings} trainings: {', '.join(dirty)}"
     else:
@@ -167,7 +185,7 @@ def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_repo
         f"{first.get('image_size', '?')} px." + _split_clause(prepare_report.get("split")),
         f"- **Network:** U-Net with a {first['encoder']} encoder ({weights}); {first.get('epochs', '?')} epochs x "
         f"{first.get('steps_per_epoch', '?')} steps, batch {first.get('batch_size', '?')}"
-        + (f", {'/'.join(precision)} precision" if precision else "")
+        + (f", {precision[0]} precision" if len(precision) == 1 else "")
         + ". The paper: ResNet-34, ImageNet weights, 50 epochs, 352 x 352 px.",
         *([scale] if scale else []),
         f"- **Hardware:** {hardware}. **Total time** of the {len(results)} runs ({trainings} trainings, train + "
@@ -175,6 +193,8 @@ def summary_lines(params: dict[str, Any], results: list[RunResult], prepare_repo
         _seeds_line(results),
         _code_line(results),
     ]
+    if len(precision) > 1:
+        lines.append(_mixed_precision_line(results))
     flagged = [result.label for result in results if result.loss_not_decreasing]
     if flagged:
         lines.append(f"- **Training loss did not decrease** ({LOSS_MARK} in the tables) in: {', '.join(flagged)}: the "

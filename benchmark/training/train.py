@@ -31,8 +31,9 @@ states, the method's own training state, the log so far, and a sha256 of all of 
 seconds of training passed since the last one (0: every epoch; never after the last epoch).
 Re-running the stage resumes each seed from its last checkpointed epoch, but only when the
 checkpoint's checksum matches its contents (a damaged one is deleted, with a message) and its
-fingerprint (configuration, prepared data, code, torch version) equals the run's; otherwise it
-starts over and says why. The checkpoints are removed once every seed's outputs are written.
+fingerprint (configuration, prepared data, code, torch version, and the device type and
+precision that `auto` resolved to) equals the run's; otherwise it starts over and says why.
+The checkpoints are removed once every seed's outputs are written.
 
 Outputs in runs/<run>/, written once every seed has trained, each under a temporary name and
 renamed: models/seed_<s>.pt (state dict of the final epoch — the paper protocol has no validation
@@ -303,9 +304,11 @@ def changed_while_training(watched: dict[Path, str]) -> list[str]:
     return [str(path) for path, digest in watched.items() if not path.is_file() or file_sha256(path) != digest]
 
 
-def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -> dict[str, str]:
-    """What a checkpoint must match to be resumed: configuration, prepared data, code, torch version and the local
-    encoder weights file's content.
+def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path,
+                    numerics: Numerics | None = None) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: configuration, prepared data, code, torch version, the local
+    encoder weights file's content and, given `numerics`, what `auto` resolved to here (device type and
+    precision): a bf16 checkpoint is not continued in fp32 on a CPU without native bf16, or the other way round.
 
     The code is every file of the `benchmark` and `methods` packages, loaded or not: a fixed set, so a study
     (one process that imports more) and the train stage fingerprint the same code the same way."""
@@ -320,6 +323,7 @@ def run_fingerprint(spec: RunSpec, params: dict[str, Any], prepared_dir: Path) -
         "code": sha256_json({name: file_sha256(path) for name, path in code_files.items() if path.is_file()}),
         "torch": str(torch.__version__),
         "weights": weights_fingerprint(params["model"]),
+        **({"numerics": f"{numerics.device.type} {numerics.precision}"} if numerics is not None else {}),
     }
 
 
@@ -764,14 +768,14 @@ def train_run(spec: RunSpec, params: dict[str, Any], prepared_dir: Path, out_dir
     train_params, model_params = params["train"], params["model"]
     with run_lock(params, spec):
         device = pick_device(train_params["device"])
-        Numerics.from_params(train_params, device)  # a precision the device lacks fails here, not mid-run
+        numerics = Numerics.from_params(train_params, device)  # a precision the device lacks fails here
         data = load_prepared(prepared_dir)
         method_cls = type(build_method(spec, model_params))  # options, encoder and its weights
         check_label_budget(spec, method_cls, data)
         image_size = int(data.arrays["cbis"]["images"].shape[-1])
         check_batch_fits(train_params, image_size, device)
         workers, threads = seed_schedule(train_params, len(spec.seeds), device, image_size)
-        fingerprint = run_fingerprint(spec, params, prepared_dir)
+        fingerprint = run_fingerprint(spec, params, prepared_dir, numerics)
         run_dir = out_dir / spec.name
         # from here on nothing of an earlier training or evaluation of this run is left to look current
         remove_outputs(run_dir, EVALUATION_OUTPUTS + TRAIN_OUTPUTS)
