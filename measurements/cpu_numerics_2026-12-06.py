@@ -1,11 +1,12 @@
 """Does channels_last (or torch.compile) speed the trainer's step on this CPU at 192 px? (issue 28 planning)
 
-    python measurements/cpu_numerics_2026-12-06.py [--methods strong_only,ours] [--size 192] [--rounds 4]
+    python measurements/cpu_numerics_2026-12-06.py [--methods strong_only,ours] [--size 192] [--rounds 4] [--bf16]
 
 Builds each method once per numerics setting (fp32; channels_last off/on; compile off/on where asked) with
 `benchmark.tools.bench_performance.MethodBench` at 1 thread (what a seed gets with three seeds side by side on
 2 cores), then times `loop_step` interleaved over rounds, order rotated; prints the median step time and the
-per-round ratio to the plain fp32 setting of the same method.
+per-round ratio to the plain fp32 setting of the same method. `--bf16` adds bf16 autocast with channels-last (what
+`precision: auto` picks on a CPU with AVX512-BF16/AMX; emulated, and slow, on one without).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
     configure_threads(args.threads)
     params = load_params("params.yaml")
@@ -37,12 +39,15 @@ def main() -> None:
     settings = [("fp32", False, False), ("fp32+channels_last", True, False)]
     if args.compile:
         settings.append(("fp32+compile", False, True))
+    if args.bf16:
+        settings.append(("bf16+channels_last", True, False))
     arrays = synthetic_arrays(args.size, 32, 0)
     benches = {}
     for method in args.methods.split(","):
         for label, channels_last, compile_ in settings:
-            train = {**params["train"], "precision": "fp32", "channels_last": channels_last, "compile": compile_}
-            numerics = Numerics(torch.device("cpu"), "fp32", channels_last)
+            precision = label.split("+")[0]
+            train = {**params["train"], "precision": precision, "channels_last": channels_last, "compile": compile_}
+            numerics = Numerics(torch.device("cpu"), precision, channels_last)
             start = time.perf_counter()
             bench = MethodBench(method, available_methods()[method], model_params, train, arrays, 8, 10 ** 6,
                                 numerics, 0)
