@@ -138,10 +138,8 @@ def test_checkpoints_follow_the_interval_and_never_change_the_weights(tiny_prepa
     assert all(torch.equal(weights[0][key], weights[3600][key]) for key in weights[0])
 
 
-def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeypatch, capsys):
-    params, prepared = tiny_prepared
-    spec = spec_for("strong_only")
-    params_a = two_epoch_params(params, tmp_path / "ck")
+def train_until_the_first_checkpoint(spec: RunSpec, params: dict, prepared, out: Path, monkeypatch) -> None:
+    """Trains `spec` until its first checkpoint is written and stops there, as a kill would."""
     real_save = trainer.atomic_torch_save
 
     def save_then_die(path, payload):
@@ -151,8 +149,15 @@ def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeyp
 
     monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
     with pytest.raises(Interrupted):
-        train_run(spec, params_a, prepared, tmp_path / "out", show_progress=False)
+        train_run(spec, params, prepared, out, show_progress=False)
     monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+
+
+def test_incompatible_checkpoint_is_not_resumed(tiny_prepared, tmp_path, monkeypatch, capsys):
+    params, prepared = tiny_prepared
+    spec = spec_for("strong_only")
+    params_a = two_epoch_params(params, tmp_path / "ck")
+    train_until_the_first_checkpoint(spec, params_a, prepared, tmp_path / "out", monkeypatch)
 
     changed = copy.deepcopy(params_a)
     changed["train"]["lr"] = 0.5 * float(changed["train"]["lr"])
@@ -168,18 +173,8 @@ def test_a_checkpoint_of_other_resolved_numerics_is_not_resumed(tiny_prepared, t
     spec = spec_for("strong_only")
     params = two_epoch_params(params, tmp_path / "ck")
     params["train"]["precision"] = "auto"
-    real_save = trainer.atomic_torch_save
-
-    def save_then_die(path, payload):
-        real_save(path, payload)
-        if Path(path).name == CHECKPOINT_NAME:
-            raise Interrupted
-
-    monkeypatch.setattr(trainer, "atomic_torch_save", save_then_die)
     monkeypatch.setattr(trainer, "resolve_precision", lambda requested, device: "bf16")
-    with pytest.raises(Interrupted):
-        train_run(spec, params, prepared, tmp_path / "out", show_progress=False)
-    monkeypatch.setattr(trainer, "atomic_torch_save", real_save)
+    train_until_the_first_checkpoint(spec, params, prepared, tmp_path / "out", monkeypatch)
     monkeypatch.setattr(trainer, "resolve_precision", lambda requested, device: "fp32")
     info = train_run(spec, params, prepared, tmp_path / "out", show_progress=False)
     assert info["precision"] == "fp32"
