@@ -36,16 +36,15 @@ def main() -> None:
     configure_threads(args.threads)
     params = load_params("params.yaml")
     model_params = {**params["model"], "encoder_weights": None}
-    settings = [("fp32", False, False), ("fp32+channels_last", True, False)]
+    settings = [("fp32", "fp32", False, False), ("fp32+channels_last", "fp32", True, False)]
     if args.compile:
-        settings.append(("fp32+compile", False, True))
+        settings.append(("fp32+compile", "fp32", False, True))
     if args.bf16:
-        settings.append(("bf16+channels_last", True, False))
+        settings.append(("bf16+channels_last", "bf16", True, False))
     arrays = synthetic_arrays(args.size, 32, 0)
     benches = {}
     for method in args.methods.split(","):
-        for label, channels_last, compile_ in settings:
-            precision = label.split("+")[0]
+        for label, precision, channels_last, compile_ in settings:
             train = {**params["train"], "precision": precision, "channels_last": channels_last, "compile": compile_}
             numerics = Numerics(torch.device("cpu"), precision, channels_last)
             start = time.perf_counter()

@@ -64,10 +64,9 @@ def _code_line(results: list[RunResult]) -> str:
         # a run-by-run repro commits each finished run, so commits differ while the trained code may not
         codes = {str((provenance.get("fingerprint") or {}).get("code"))
                  for result in results for provenance in result.provenance()}
-        text += (", with the same code in every training (one fingerprint of benchmark/ and methods/)"
-                 if len(codes) == 1 and "None" not in codes else
-                 f", with {len(codes - {'None'})} different fingerprints of benchmark/ and methods/"
-                 if "None" not in codes else "")
+        if "None" not in codes:  # older trainings recorded no code fingerprint: then say nothing of it
+            text += (", with the same code in every training (one fingerprint of benchmark/ and methods/)"
+                     if len(codes) == 1 else f", with {len(codes)} different fingerprints of benchmark/ and methods/")
     if dirty:
         text += f"; working tree **dirty** in {len(dirty)} of {trainings} trainings: {', '.join(dirty)}"
     else:
